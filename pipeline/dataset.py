@@ -1,0 +1,215 @@
+"""Reading and validating MMRec-format dataset folders (SPEC §1).
+
+A folder `<name>/` holds `<name>.inter` (TSV: userID itemID rating timestamp x_label),
+`image_feat.npy` and `text_feat.npy`. Every check failure raises `DatasetError` naming the file,
+the row or field and what was expected; nothing is silently repaired.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or does not follow the MMRec format."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """The (user, item) pairs of one split, as int64 arrays of equal length."""
+
+    users: np.ndarray
+    items: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class InteractionData:
+    """A validated MMRec dataset: id counts, the three splits and the item features."""
+
+    name: str
+    n_users: int
+    n_items: int
+    train: Split
+    valid: Split
+    test: Split
+    text_features: np.ndarray  # float32 [n_items, d_text]
+    image_features: np.ndarray  # float32 [n_items, d_image]
+
+    def features(self) -> dict[str, np.ndarray]:
+        """Return the modality features by name ('image', 'text')."""
+        return {"image": self.image_features, "text": self.text_features}
+
+
+def inter_path(folder: Path) -> Path:
+    """Path of the interaction file of an MMRec folder (`<folder name>.inter`)."""
+    return folder / f"{folder.name}.inter"
+
+
+def _first_bad_row(mask: np.ndarray) -> int:
+    # File line number of the first flagged data row: line 1 is the header.
+    return int(np.flatnonzero(mask)[0]) + 2
+
+
+def read_interactions(path: Path) -> pd.DataFrame:
+    """Read and type-check an `.inter` file; returns int64 columns userID, itemID, x_label."""
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("*.inter")) if path.parent.is_dir() else []
+        hint = f" (found {others}; the file must be named after its folder)" if others else ""
+        raise DatasetError(f"{path}: interaction file not found{hint}")
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: file is empty; expected a header line {'<TAB>'.join(INTER_COLUMNS)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a tab-separated text file: {exc}") from None
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        header = list(frame.columns)
+        if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
+            raise DatasetError(
+                f"{path}: header {header[0]!r} is not tab-separated; expected the columns "
+                f"{'<TAB>'.join(INTER_COLUMNS)}"
+            )
+        raise DatasetError(f"{path}: missing column(s) {missing} in header {header}; expected {list(INTER_COLUMNS)}")
+    out = {}
+    for column in REQUIRED_COLUMNS:
+        text = frame[column].str.strip()
+        values = pd.to_numeric(text, errors="coerce")
+        bad = values.isna().to_numpy() | (values.to_numpy(dtype=float) % 1 != 0)
+        if bad.any():
+            row = _first_bad_row(bad)
+            raise DatasetError(
+                f"{path}: line {row}, column {column}: expected a non-negative integer, "
+                f"got {text.iloc[row - 2]!r}"
+            )
+        ints = values.to_numpy(dtype=np.int64)
+        if (ints < 0).any():
+            row = _first_bad_row(ints < 0)
+            raise DatasetError(f"{path}: line {row}, column {column}: expected a non-negative integer, got {ints[row - 2]}")
+        out[column] = ints
+    labels = out["x_label"]
+    bad_label = ~np.isin(labels, (TRAIN, VALID, TEST))
+    if bad_label.any():
+        row = _first_bad_row(bad_label)
+        raise DatasetError(
+            f"{path}: line {row}, column x_label: expected 0 (train), 1 (valid) or 2 (test), got {labels[row - 2]}"
+        )
+    return pd.DataFrame(out)
+
+
+def _check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
+    count = int(ids.max()) + 1 if len(ids) else 0
+    present = np.zeros(count, dtype=bool)
+    present[ids] = True
+    if not present.all():
+        gaps = np.flatnonzero(~present)
+        raise DatasetError(
+            f"{path}: column {column}: ids must be contiguous from 0 to max ({count - 1}); "
+            f"{len(gaps)} id(s) never appear, e.g. {gaps[:5].tolist()}"
+        )
+    return count
+
+
+def read_features(path: Path, n_items: int) -> np.ndarray:
+    """Load a `[n_items, dim]` feature matrix, checking shape, dtype and finiteness; returns float32."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: feature file not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: not a readable numeric .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: not a valid .npy file, or truncated ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise DatasetError(f"{path}: expected a single .npy array, got {type(array).__name__}")
+    if array.dtype.kind not in "fiu":
+        raise DatasetError(f"{path}: expected a float array, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise DatasetError(f"{path}: expected a 2-D array [n_items, dim], got shape {array.shape}")
+    if array.shape[0] != n_items:
+        raise DatasetError(
+            f"{path}: has {array.shape[0]} rows, expected one per item: {n_items} (max itemID + 1 in the .inter file)"
+        )
+    if array.shape[1] == 0:
+        raise DatasetError(f"{path}: feature dimension is 0")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise DatasetError(f"{path}: row {row} (item {row}) contains NaN or inf; expected finite values")
+    return array
+
+
+def load_mmrec(folder: str | Path) -> InteractionData:
+    """Load and validate an MMRec-format dataset folder; cold-start valid/test rows are dropped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: dataset folder not found")
+    path = inter_path(folder)
+    frame = read_interactions(path)
+    users, items, labels = (frame[c].to_numpy() for c in REQUIRED_COLUMNS)
+    if not (labels == TRAIN).any():
+        raise DatasetError(f"{path}: no rows with x_label 0: the train split is empty")
+    n_users = _check_contiguous(path, users, "userID")
+    n_items = _check_contiguous(path, items, "itemID")
+
+    n_dup = int(frame.duplicated().sum())
+    if n_dup:
+        # Kept as in the reference: edge lists keep repeats, normalised adjacency collapses them.
+        log.info("%s: %d duplicate rows kept (adjacency matrices collapse them to one edge)", path, n_dup)
+
+    has_train = np.zeros(n_users, dtype=bool)
+    has_train[users[labels == TRAIN]] = True
+    splits = {}
+    for label, split_name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
+        rows = labels == label
+        if label != TRAIN:
+            cold = rows & ~has_train[users]
+            if cold.any():
+                log.info("%s: dropped %d cold-start %s rows (users without train rows)", path, int(cold.sum()), split_name)
+            rows &= has_train[users]
+        if not rows.any():
+            raise DatasetError(f"{path}: the {split_name} split (x_label {label}) is empty after cold-start filtering")
+        splits[split_name] = Split(users[rows].astype(np.int64), items[rows].astype(np.int64))
+
+    features = {m: read_features(folder / f, n_items) for m, f in FEATURE_FILES.items()}
+    data = InteractionData(
+        name=folder.name,
+        n_users=n_users,
+        n_items=n_items,
+        train=splits["train"],
+        valid=splits["valid"],
+        test=splits["test"],
+        text_features=features["text"],
+        image_features=features["image"],
+    )
+    log.info(
+        "%s: %d users, %d items, %d/%d/%d train/valid/test rows, image %s, text %s",
+        folder, n_users, n_items, len(data.train), len(data.valid), len(data.test),
+        data.image_features.shape[1], data.text_features.shape[1],
+    )
+    return data
+
+
+def write_mmrec(folder: str | Path, frame: pd.DataFrame, image: np.ndarray, text: np.ndarray) -> None:
+    """Write an MMRec-format folder (`<name>.inter`, `image_feat.npy`, `text_feat.npy`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.loc[:, list(INTER_COLUMNS)].to_csv(inter_path(folder), sep="\t", index=False)
+    np.save(folder / FEATURE_FILES["image"], np.asarray(image, dtype=np.float32))
+    np.save(folder / FEATURE_FILES["text"], np.asarray(text, dtype=np.float32))

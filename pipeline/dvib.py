@@ -1,0 +1,179 @@
+"""The DVIB mechanism, written once for every base model (SPEC §6).
+
+A base model opts in by implementing three methods of `pipeline.models.base.Recommender`:
+`dvib_sites(variant)` names the hidden tensors to perturb, `encode(batch, variant)` computes them
+(clean), and `decode(hidden, context, batch, noisy, with_views)` turns (possibly perturbed) hidden tensors into
+a loss and the score views whose clean/noisy distributions are distilled. `DVIB` wraps the model:
+
+    L = (1 - w) (L_clean + L_noisy) + w Σ_views D(clean view, noisy view) [+ L_VIB for variant a]
+
+- variant `c`: ε ~ N(0, noise_level²) per element, fresh every pass;
+- variant `a`: σ per row from a small network on the clean tensor, plus the KL term
+  KL(N(h, σ²) ‖ N(0, 0.5²)) weighted by `vib_weight`.
+Test time always uses the clean model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from pipeline.config import DVIBConfig
+
+PRIOR_STD = 0.5
+VARIANTS = ("c", "a")
+
+
+@dataclass(frozen=True)
+class DVIBSite:
+    """A hidden tensor `[rows, dim]` that DVIB perturbs.
+
+    `noise_hidden` overrides the config's noise-network hidden sizes for this site; sites with the
+    same `noise_net` share one network (BM3).
+    """
+
+    name: str
+    dim: int
+    noise_hidden: tuple[int, ...] | None = None
+    noise_net: str | None = None
+
+
+@dataclass
+class View:
+    """One score view of a pass: rows are softmaxed over the last dim for the consistency term.
+    `grad=False` views (targets) contribute their value without gradient."""
+
+    logits: torch.Tensor
+    grad: bool = True
+
+
+@dataclass
+class PassOutput:
+    """What a base model's `decode` returns: the pass's loss and its views."""
+
+    loss: torch.Tensor
+    views: list[View]
+
+
+def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon divergence ½[KL(P‖M) + KL(Q‖M)] of row-softmaxed logits, summed over rows / rows.
+
+    Computed in log space (log M by logsumexp), so underflowing probabilities give 0·(finite) terms
+    and never 0/0 in the backward pass.
+    """
+    log_p = F.log_softmax(p_logits, dim=-1)
+    log_q = F.log_softmax(q_logits, dim=-1)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    kl = log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m)
+    return 0.5 * kl.sum() / p_logits.shape[0]
+
+
+def upstream_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """The reference's consistency term (SPEC §6.1): with P, Q the row softmaxes and M = (P+Q)/2,
+    ½[KL(M‖softmax(P)) + KL(M‖softmax(Q))], batchmean, gradient flowing through M."""
+    log_p = F.log_softmax(p_logits, dim=-1)
+    log_q = F.log_softmax(q_logits, dim=-1)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    log_p2 = F.log_softmax(log_p.exp(), dim=-1)
+    log_q2 = F.log_softmax(log_q.exp(), dim=-1)
+    kl = log_m.exp() * (2.0 * log_m - log_p2 - log_q2)
+    return 0.5 * kl.sum() / p_logits.shape[0]
+
+
+DIVERGENCE_FUNCTIONS = {"js": js_divergence, "upstream": upstream_divergence}
+
+
+class NoiseLevelNetwork(nn.Module):
+    """Per-row noise scale σ ∈ (sigma_min, 1): Linear → ReLU → … → Linear(→1) → Sigmoid."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], sigma_min: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            in_dim = width
+        layers.append(nn.Linear(in_dim, 1))
+        self.net = nn.Sequential(*layers)
+        self.log_sigma_min = math.log(sigma_min)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (σ, log σ), each [rows, 1]; log σ comes from logsigmoid, so it is finite."""
+        log_sigma = F.logsigmoid(self.net(h)).clamp_min(self.log_sigma_min)
+        return log_sigma.exp(), log_sigma
+
+
+def gaussian_kl_to_prior(mu: torch.Tensor, sigma: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """Mean over elements of KL(N(μ, σ²) ‖ N(0, PRIOR_STD²)), σ broadcast over each row."""
+    kl = math.log(PRIOR_STD) - log_sigma + (sigma.square() + mu.square()) / (2 * PRIOR_STD**2) - 0.5
+    return kl.mean()
+
+
+class DVIB(nn.Module):
+    """Trains `base` with DVIB variant `variant` ('c' or 'a'); scoring uses the clean base model."""
+
+    def __init__(self, base: nn.Module, variant: str, cfg: DVIBConfig):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown DVIB variant {variant!r}; expected one of {VARIANTS}")
+        self.base = base
+        self.needs_negatives = base.needs_negatives
+        self.variant = variant
+        self.cfg = cfg
+        self.sites = {site.name: site for site in base.dvib_sites(variant)}
+        self.divergence = DIVERGENCE_FUNCTIONS[cfg.divergence]
+        self.noise_nets = nn.ModuleDict()
+        if variant == "a":
+            for site in self.sites.values():
+                key = site.noise_net or site.name
+                if key not in self.noise_nets:
+                    hidden = site.noise_hidden if site.noise_hidden is not None else cfg.noise_hidden
+                    self.noise_nets[key] = NoiseLevelNetwork(site.dim, hidden, cfg.sigma_min)
+
+    def perturb(self, hidden: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Noisy copies of the site tensors, and the VIB term (0 for variant c)."""
+        noisy = dict(hidden)
+        vib = hidden[next(iter(self.sites))].new_zeros(())
+        for name, site in self.sites.items():
+            h = hidden[name]
+            if self.variant == "c":
+                noisy[name] = h + self.cfg.noise_level * torch.randn_like(h)
+            else:
+                sigma, log_sigma = self.noise_nets[site.noise_net or name](h)
+                noisy[name] = h + sigma * torch.randn_like(h)
+                vib = vib + self.cfg.vib_weight * gaussian_kl_to_prior(h, sigma, log_sigma)
+        return noisy, vib
+
+    def consistency(self, clean: PassOutput, noisy: PassOutput) -> torch.Tensor:
+        """Sum of the configured divergence between matching clean and noisy views."""
+        if len(clean.views) != len(noisy.views):
+            raise RuntimeError("clean and noisy passes returned different numbers of views")
+        total = clean.loss.new_zeros(())
+        for a, b in zip(clean.views, noisy.views):
+            if a.grad and b.grad:
+                total = total + self.divergence(a.logits, b.logits)
+            else:
+                with torch.no_grad():
+                    total = total + self.divergence(a.logits, b.logits)
+        return total
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.loss(batch)
+
+    def loss(self, batch) -> torch.Tensor:
+        """The DVIB training objective on one batch."""
+        hidden, context = self.base.encode(batch, self.variant)
+        clean = self.base.decode(hidden, context, batch, noisy=False, with_views=True)
+        noisy_hidden, vib = self.perturb(hidden)
+        noisy = self.base.decode(noisy_hidden, context, batch, noisy=True, with_views=True)
+        w = self.cfg.consistency_weight
+        return (1 - w) * (clean.loss + noisy.loss) + w * self.consistency(clean, noisy) + vib
+
+    def pre_epoch(self, generator: torch.Generator) -> None:
+        self.base.pre_epoch(generator)
+
+    def scorer(self):
+        """Scoring function of the clean base model (noise is a training-time device only)."""
+        return self.base.scorer()

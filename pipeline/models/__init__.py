@@ -1,0 +1,61 @@
+"""Model registry: a model name is a base model plus an optional DVIB suffix ('c' or 'a').
+
+`VBPR` trains the base model, `VBPRc` and `VBPRa` wrap it in DVIB with constant or adaptive
+noise. The reference's upper-case suffixes (`VBPRC`, `VBPRA`) are accepted. Adding a base model
+means one new module and one line in `BASE_MODELS`; DVIB applies to it without another file.
+"""
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.dataset import InteractionData
+from pipeline.dvib import DVIB, VARIANTS
+from pipeline.graphs import Graphs
+from pipeline.models.base import Recommender
+from pipeline.models.vbpr import VBPR
+
+BASE_MODELS: dict[str, type[Recommender]] = {
+    "VBPR": VBPR,
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not a registered base with an optional c/a suffix."""
+
+
+def model_names() -> list[str]:
+    """All valid model names: each base, then its c and a variants."""
+    return [base + suffix for base in BASE_MODELS for suffix in ("", *VARIANTS)]
+
+
+def parse_model_name(name: str) -> tuple[str, str | None]:
+    """Split a model name into (base, variant) with variant in {None, 'c', 'a'}."""
+    if name in BASE_MODELS:
+        return name, None
+    base, suffix = name[:-1], name[-1:]
+    if base in BASE_MODELS and suffix.lower() in VARIANTS:
+        return base, suffix.lower()
+    raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+
+
+def build_model(cfg: ExperimentConfig, data: InteractionData, graphs: Graphs | None) -> nn.Module:
+    """Instantiate the training objective for `cfg.model`: the base model, or DVIB around it."""
+    base, variant = parse_model_name(cfg.model)
+    cls = BASE_MODELS[base]
+    expected = [
+        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(cfg.model_params) - set(expected))
+    missing = [p for p in expected if p not in cfg.model_params]
+    if unknown or missing:
+        raise ConfigError(
+            f"params.yaml: models.{base}: "
+            + (f"unknown key(s) {unknown}; " if unknown else "")
+            + (f"missing key(s) {missing}; " if missing else "")
+            + f"expected {expected}"
+        )
+    model = cls(data, graphs, **cfg.model_params)
+    return DVIB(model, variant, cfg.dvib) if variant else model

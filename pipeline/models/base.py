@@ -1,0 +1,70 @@
+"""The interface every base model implements, and the training batch it consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pipeline.dvib import DVIBSite, PassOutput
+
+
+@dataclass
+class Batch:
+    """A training batch: users, their positive items and one sampled negative each (None for BM3)."""
+
+    users: torch.Tensor
+    pos_items: torch.Tensor
+    neg_items: torch.Tensor | None
+
+
+class Recommender(nn.Module):
+    """Base class of the multimodal recommenders.
+
+    The training loss is defined through an encode/decode split so that DVIB can perturb the
+    hidden multimodal tensors between the two without knowing the model:
+    - `dvib_sites(variant)`: the hidden tensors DVIB perturbs, with their widths;
+    - `encode(batch, variant)`: (clean hidden tensors by site name, context for decode);
+    - `decode(hidden, context, batch, noisy, with_views)`: the pass's loss and, when asked, its
+      consistency views (score matrices whose row distributions DVIB distils).
+    The plain model's loss is the clean pass. `scorer()` returns a function user ids -> scores over
+    all items, computed with a single forward pass.
+    """
+
+    needs_negatives: bool = True
+
+    def dvib_sites(self, variant: str) -> list[DVIBSite]:
+        raise NotImplementedError
+
+    def encode(self, batch: Batch, variant: str | None) -> tuple[dict[str, torch.Tensor], Any]:
+        raise NotImplementedError
+
+    def decode(
+        self, hidden: dict[str, torch.Tensor], context: Any, batch: Batch, noisy: bool, with_views: bool
+    ) -> PassOutput:
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The base model's training loss on one batch (the clean pass)."""
+        hidden, context = self.encode(batch, None)
+        return self.decode(hidden, context, batch, noisy=False, with_views=False).loss
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.loss(batch)
+
+    def pre_epoch(self, generator: torch.Generator) -> None:
+        """Hook run before each training epoch (FREEDOM resamples its graph here)."""
+
+    def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Bayesian personalised ranking loss: -mean log σ(s_pos - s_neg)."""
+    return -torch.nn.functional.logsigmoid(pos_scores - neg_scores).mean()
+
+
+def emb_loss(*tensors: torch.Tensor) -> torch.Tensor:
+    """MMRec's EmbLoss: sum of the (not squared) Frobenius norms of the tensors, over batch rows."""
+    return sum(t.norm(p=2) for t in tensors) / tensors[0].shape[0]

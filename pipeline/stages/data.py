@@ -1,0 +1,52 @@
+"""Stage `data`: make every needed dataset available under data/datasets/<name>/, validated.
+
+Params: dataset, table.datasets, datasets (the registry), synthetic.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.atomic import staged_directory
+from pipeline.config import ConfigError, SyntheticConfig, from_mapping, read_params, section
+from pipeline.dataset import DatasetError, load_mmrec
+from pipeline.stages.common import DATASETS_DIR, needed_datasets, setup_logging
+from pipeline.synthetic import write_synthetic
+
+log = logging.getLogger("pipeline.stages.data")
+
+
+def prepare_dataset(name: str, spec: dict, params: dict, root: Path) -> None:
+    """Produce data/datasets/<name> from its registry entry, validating before it is moved in."""
+    source = spec.get("source")
+    if source == "synthetic":
+        synthetic = section(params, "synthetic")
+        cfg = from_mapping(SyntheticConfig, {k: v for k, v in synthetic.items() if k != "seed"}, "synthetic")
+        with staged_directory(root / name) as staged:
+            write_synthetic(staged, cfg, seed=int(synthetic["seed"]))
+            load_mmrec(staged)
+        return
+    from pipeline.sources import fetch_dataset  # network sources (gdown, url, local path)
+
+    fetch_dataset(name, spec, root)
+
+
+def main() -> int:
+    setup_logging()
+    params = read_params()
+    registry = section(params, "datasets")
+    root = Path(DATASETS_DIR)
+    for name in needed_datasets(params):
+        if name not in registry:
+            raise ConfigError(f"params.yaml: dataset {name!r} is not in the `datasets` registry ({sorted(registry)})")
+        prepare_dataset(name, registry[name], params, root)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (DatasetError, ConfigError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
