@@ -59,6 +59,14 @@ class Recommender(nn.Module):
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
+    def item_features(self) -> dict[str, torch.Tensor]:
+        """The stored item feature tensors by modality ('image', 'text'), [n_items, dim] each.
+
+        The robustness stage perturbs them in place (noise, a removed modality) before scoring, so
+        they must be the tensors the model actually reads (buffers, or parameters when fine-tuned).
+        """
+        raise NotImplementedError
+
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """Bayesian personalised ranking loss: -mean log σ(s_pos - s_neg)."""

@@ -26,9 +26,10 @@ class VBPR(Recommender):
         self.reg_weight = reg_weight
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, 2 * embedding_size)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, embedding_size)))
-        features = torch.cat([torch.from_numpy(data.text_features), torch.from_numpy(data.image_features)], dim=1)
-        self.register_buffer("item_features", features)
-        self.item_linear = nn.Linear(features.shape[1], embedding_size)
+        self.register_buffer("text_features", torch.from_numpy(data.text_features))
+        self.register_buffer("image_features", torch.from_numpy(data.image_features))
+        text_dim, image_dim = data.text_features.shape[1], data.image_features.shape[1]
+        self.item_linear = nn.Linear(text_dim + image_dim, embedding_size)
         nn.init.xavier_normal_(self.item_linear.weight)
         nn.init.zeros_(self.item_linear.bias)
         self.embedding_size = embedding_size
@@ -36,8 +37,19 @@ class VBPR(Recommender):
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
         return [DVIBSite("content", self.embedding_size)]
 
+    def item_features(self) -> dict[str, torch.Tensor]:
+        return {"image": self.image_features, "text": self.text_features}
+
+    def content(self) -> torch.Tensor:
+        """W [text ; image] + b for all items, without materialising the concatenation."""
+        text_dim = self.text_features.shape[1]
+        weight = self.item_linear.weight
+        return torch.addmm(self.item_linear.bias, self.text_features, weight[:, :text_dim].T) + (
+            self.image_features @ weight[:, text_dim:].T
+        )
+
     def encode(self, batch: Batch, variant: str | None):
-        return {"content": self.item_linear(self.item_features)}, None
+        return {"content": self.content()}, None
 
     def decode(self, hidden, context, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
         items = torch.cat([self.item_embedding, hidden["content"]], dim=1)
@@ -51,5 +63,5 @@ class VBPR(Recommender):
 
     def scorer(self):
         with torch.no_grad():
-            items = torch.cat([self.item_embedding, self.item_linear(self.item_features)], dim=1)
+            items = torch.cat([self.item_embedding, self.content()], dim=1)
         return lambda users: self.user_embedding[users].detach() @ items.T

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny real MMRec-format data from the project's own generator, and configs."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import SyntheticConfig, experiment_config, read_params
+from pipeline.dataset import load_mmrec
+from pipeline.graphs import graphs_in_memory
+from pipeline.synthetic import write_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = SyntheticConfig(
+    n_users=60,
+    n_items=80,
+    latent_dim=8,
+    min_interactions=5,
+    mean_interactions=10.0,
+    image_dim=48,
+    text_dim=24,
+    preference_temperature=0.35,
+    modality_noise=0.5,
+    redundant_fraction=0.25,
+    corrupted_fraction=0.1,
+)
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    """The project's params.yaml."""
+    return read_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset written as a real MMRec-format folder."""
+    folder = tmp_path_factory.mktemp("data") / "tiny"
+    write_synthetic(folder, TINY, seed=7)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_dir):
+    return load_mmrec(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_graphs(tiny_data):
+    return graphs_in_memory(tiny_data, knn_k=5)
+
+
+@pytest.fixture
+def make_config(params):
+    """make_config(model, train={...}, dvib={...}, model_params={...}) -> ExperimentConfig for tests."""
+
+    def make(model: str, *, train=None, dvib=None, model_params=None, eval=None):
+        cfg = experiment_config(params, model, "tiny")
+        train_cfg = dataclasses.replace(cfg.train, **{"device": "cpu", "epochs": 3, "batch_size": 128, **(train or {})})
+        return dataclasses.replace(
+            cfg,
+            train=train_cfg,
+            eval=dataclasses.replace(cfg.eval, **(eval or {})),
+            dvib=dataclasses.replace(cfg.dvib, **(dvib or {})),
+            model_params={**cfg.model_params, **(model_params or {})},
+        )
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
