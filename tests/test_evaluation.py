@@ -1,0 +1,81 @@
+"""Metric values computed by hand (SPEC §4), for the hit-matrix formulas and the full evaluator."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.dataset import InteractionData, Split
+from pipeline.evaluation import Evaluator, metrics_from_hits
+
+L3 = 1 / math.log2(3)  # discount at rank 2
+L4 = 1 / math.log2(4)  # discount at rank 3 (= 0.5)
+
+
+def test_metrics_from_hits_single_user():
+    # GT of size 2, relevant items at ranks 1 and 3.
+    out = metrics_from_hits(torch.tensor([[1, 0, 1, 0, 0]]), torch.tensor([2]), (1, 5))
+    assert out["recall@1"].item() == pytest.approx(0.5)
+    assert out["precision@1"].item() == pytest.approx(1.0)
+    assert out["ndcg@1"].item() == pytest.approx(1.0)
+    assert out["map@1"].item() == pytest.approx(1.0)
+    assert out["recall@5"].item() == pytest.approx(1.0)
+    assert out["precision@5"].item() == pytest.approx(0.4)
+    assert out["ndcg@5"].item() == pytest.approx((1 + L4) / (1 + L3))
+    assert out["map@5"].item() == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_metrics_when_ground_truth_exceeds_k():
+    # |GT| = 4 > K: IDCG and the MAP denominator use min(|GT|, K).
+    out = metrics_from_hits(torch.tensor([[0, 1, 1]]), torch.tensor([4]), (2, 3))
+    assert out["recall@2"].item() == pytest.approx(1 / 4)
+    assert out["precision@2"].item() == pytest.approx(1 / 2)
+    assert out["ndcg@2"].item() == pytest.approx(L3 / (1 + L3))
+    assert out["map@2"].item() == pytest.approx(0.5 / 2)
+    assert out["recall@3"].item() == pytest.approx(2 / 4)
+    assert out["precision@3"].item() == pytest.approx(2 / 3)
+    assert out["ndcg@3"].item() == pytest.approx((L3 + L4) / (1 + L3 + L4))
+    assert out["map@3"].item() == pytest.approx((1 / 2 + 2 / 3) / 3)
+
+
+def _toy_data() -> InteractionData:
+    split = lambda pairs: Split(np.array([u for u, _ in pairs]), np.array([i for _, i in pairs]))  # noqa: E731
+    return InteractionData(
+        name="toy",
+        n_users=2,
+        n_items=6,
+        train=split([(0, 0), (1, 5)]),
+        valid=split([(0, 2), (1, 4)]),
+        test=split([(0, 1), (0, 3), (1, 2)]),
+        text_features=np.zeros((6, 2), np.float32),
+        image_features=np.zeros((6, 2), np.float32),
+    )
+
+
+def test_evaluator_masks_train_items_only_and_averages_users():
+    scores = torch.tensor(
+        [
+            [10.0, 9.0, 1.0, 8.0, 0.0, -1.0],  # item 0 is train: masked -> ranking 1, 3, 2, 4, 5
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # item 5 masked; valid item 4 stays -> ranking 4, 3, 2, ...
+        ]
+    )
+    evaluator = Evaluator(_toy_data(), _toy_data().test, (1, 2, 5), batch_size=1, device="cpu")
+    out = evaluator.evaluate(lambda users: scores[users])
+    assert out["recall@1"] == pytest.approx((0.5 + 0) / 2)
+    assert out["recall@2"] == pytest.approx((1.0 + 0) / 2)
+    assert out["recall@5"] == pytest.approx((1.0 + 1.0) / 2)
+    assert out["precision@5"] == pytest.approx((2 / 5 + 1 / 5) / 2)
+    assert out["ndcg@2"] == pytest.approx((1.0 + 0.0) / 2)
+    assert out["ndcg@5"] == pytest.approx((1.0 + L4) / 2)
+    assert out["map@5"] == pytest.approx((1.0 + 1 / 3) / 2)
+
+
+def test_evaluator_batching_does_not_change_results(tiny_data):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(tiny_data.n_users, tiny_data.n_items, generator=g)
+    scorer = lambda users: scores[users]  # noqa: E731
+    one = Evaluator(tiny_data, tiny_data.test, (5, 10, 20, 50), 4096, "cpu").evaluate(scorer)
+    many = Evaluator(tiny_data, tiny_data.test, (5, 10, 20, 50), 7, "cpu").evaluate(scorer)
+    assert one == pytest.approx(many, rel=1e-12)

@@ -1,0 +1,84 @@
+"""End to end: the DVC pipeline in a temporary git repository, on tiny data for 2 epochs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".gitignore", "pyproject.toml")
+
+
+def _tiny_params(params: dict) -> dict:
+    params["synthetic"].update(n_users=60, n_items=80, latent_dim=8, image_dim=48, text_dim=24, mean_interactions=10.0)
+    params["train"].update(epochs=2, batch_size=256, threads=1, device="cpu")
+    params["graphs"]["knn_k"] = 5
+    return params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("dvc_project")
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    params = _tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(tmp_path_factory.mktemp("dvc_site")),
+        "HOME": str(home),
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=work, env=env, check=True)
+    return work, env
+
+
+def dvc(repo, *args) -> str:
+    work, env = repo
+    proc = subprocess.run(["dvc", *args], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_repro_trains_table_and_writes_summary(repo):
+    work, _ = repo
+    dvc(repo, "repro")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    table = params["table"]
+    for base in table["bases"]:
+        for variant in table["variants"]:
+            metrics = json.loads((work / "metrics" / "synthetic" / f"{base}{variant}.json").read_text())
+            assert metrics["model"] == f"{base}{variant}"
+            assert 0.0 <= metrics["test"]["recall@20"] <= 1.0
+    assert json.loads((work / "metrics" / "train.json").read_text())["model"] == params["model"]
+    assert (work / "metrics" / "summary.json").is_file() and (work / "metrics" / "summary.md").is_file()
+    assert (work / "dvc.lock").is_file()
+    assert "didn't change" in dvc(repo, "status") or "up to date" in dvc(repo, "status")
+    subprocess.run(["git", "add", "-A"], cwd=work, env=repo[1], check=True)
+    subprocess.run(["git", "commit", "-qm", "repro"], cwd=work, env=repo[1], check=True)
+
+
+def test_exp_run_reruns_only_the_selected_model_and_metrics_diff_shows_it(repo):
+    work, _ = repo
+    out = dvc(repo, "exp", "run", "-S", "model=VBPRa")
+    assert "Running stage 'train'" in out
+    assert "Running stage 'table" not in out and "Running stage 'data'" not in out
+    assert json.loads((work / "metrics" / "train.json").read_text())["model"] == "VBPRa"
+    diff = dvc(repo, "metrics", "diff", "--json")
+    assert "metrics/train.json" in json.loads(diff)
