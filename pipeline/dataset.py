@@ -7,6 +7,7 @@ the row or field and what was expected; nothing is silently repaired.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
 TRAIN, VALID, TEST = 0, 1, 2
+MAX_ID = 2**31 - 1  # larger ids cannot be contiguous in any real dataset
 
 
 class DatasetError(ValueError):
@@ -64,44 +66,80 @@ def _first_bad_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0]) + 2
 
 
+def _parser_error(path: Path, exc: Exception) -> DatasetError:
+    # pandas words a ragged row as "Expected 5 fields in line 3, saw 6": restate it in our terms.
+    match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if match:
+        expected, line, seen = match.groups()
+        return DatasetError(
+            f"{path}: line {line} has {seen} tab-separated fields, expected {expected} (one per header column)"
+        )
+    return DatasetError(f"{path}: not a tab-separated text file: {exc}")
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if not missing:
+        return
+    expected = "<TAB>".join(INTER_COLUMNS)
+    if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
+        raise DatasetError(f"{path}: header {header[0]!r} is not tab-separated; expected the columns {expected}")
+    # pandas renames repeated header fields '5' -> '5.1', hence the optional suffixes.
+    if all(re.fullmatch(r"[-+]?\d+(\.\d*)?(\.\d+)?", c) for c in header):
+        with path.open(encoding="utf-8-sig") as fh:
+            first = fh.readline().rstrip("\r\n")
+        raise DatasetError(
+            f"{path}: no header line: line 1 {first!r} looks like data; the file must start with the header {expected}"
+        )
+    by_lower = {c.lower(): c for c in header}
+    hints = [f"{by_lower[c.lower()]!r} should be {c!r}" for c in missing if c.lower() in by_lower]
+    hint = f" ({'; '.join(hints)}: column names are case-sensitive)" if hints else ""
+    raise DatasetError(f"{path}: missing column(s) {missing} in header {header}; expected {list(INTER_COLUMNS)}{hint}")
+
+
 def read_interactions(path: Path) -> pd.DataFrame:
-    """Read and type-check an `.inter` file; returns int64 columns userID, itemID, x_label."""
+    """Read and type-check an `.inter` file; returns int64 columns userID, itemID, x_label.
+
+    Extra columns are ignored; a UTF-8 byte-order mark and CRLF line ends are accepted.
+    """
     if not path.is_file():
         others = sorted(p.name for p in path.parent.glob("*.inter")) if path.parent.is_dir() else []
         hint = f" (found {others}; the file must be named after its folder)" if others else ""
         raise DatasetError(f"{path}: interaction file not found{hint}")
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{path}: file is empty; expected a header line {'<TAB>'.join(INTER_COLUMNS)}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not a tab-separated text file: {exc}") from None
+    except pd.errors.ParserError as exc:
+        raise _parser_error(path, exc) from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    # strip() also removes a '\r' left by CRLF line ends, should the parser keep one.
     frame.columns = [c.strip() for c in frame.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        header = list(frame.columns)
-        if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
-            raise DatasetError(
-                f"{path}: header {header[0]!r} is not tab-separated; expected the columns "
-                f"{'<TAB>'.join(INTER_COLUMNS)}"
-            )
-        raise DatasetError(f"{path}: missing column(s) {missing} in header {header}; expected {list(INTER_COLUMNS)}")
+    _check_header(path, list(frame.columns))
     out = {}
     for column in REQUIRED_COLUMNS:
         text = frame[column].str.strip()
-        values = pd.to_numeric(text, errors="coerce")
-        bad = values.isna().to_numpy() | (values.to_numpy(dtype=float) % 1 != 0)
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
+        bad = np.isnan(values) | (values % 1 != 0)
         if bad.any():
             row = _first_bad_row(bad)
             raise DatasetError(
                 f"{path}: line {row}, column {column}: expected a non-negative integer, "
                 f"got {text.iloc[row - 2]!r}"
             )
-        ints = values.to_numpy(dtype=np.int64)
-        if (ints < 0).any():
-            row = _first_bad_row(ints < 0)
-            raise DatasetError(f"{path}: line {row}, column {column}: expected a non-negative integer, got {ints[row - 2]}")
-        out[column] = ints
+        if (values < 0).any():
+            row = _first_bad_row(values < 0)
+            raise DatasetError(
+                f"{path}: line {row}, column {column}: expected a non-negative integer, got {text.iloc[row - 2]!r}"
+            )
+        if (values > MAX_ID).any():
+            row = _first_bad_row(values > MAX_ID)
+            raise DatasetError(
+                f"{path}: line {row}, column {column}: value {text.iloc[row - 2]!r} is too large "
+                f"(ids are contiguous from 0; at most {MAX_ID})"
+            )
+        out[column] = values.astype(np.int64)
     labels = out["x_label"]
     bad_label = ~np.isin(labels, (TRAIN, VALID, TEST))
     if bad_label.any():
@@ -112,23 +150,72 @@ def read_interactions(path: Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _missing_ids(distinct: np.ndarray, limit: int = 5) -> list[int]:
+    # The first few ids absent from a sorted array of distinct non-negative ids, without
+    # materialising 0..max (a corrupt huge id must not allocate max(id) entries).
+    starts = np.concatenate([[0], distinct[:-1] + 1])
+    missing: list[int] = []
+    for start, stop in zip(starts, distinct):
+        missing.extend(range(int(start), min(int(stop), int(start) + limit)))
+        if len(missing) >= limit:
+            break
+    return missing[:limit]
+
+
 def _check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
     count = int(ids.max()) + 1 if len(ids) else 0
-    present = np.zeros(count, dtype=bool)
-    present[ids] = True
-    if not present.all():
-        gaps = np.flatnonzero(~present)
+    distinct = np.unique(ids)
+    if len(distinct) != count:
+        row = _first_bad_row(ids == count - 1)
         raise DatasetError(
-            f"{path}: column {column}: ids must be contiguous from 0 to max ({count - 1}); "
-            f"{len(gaps)} id(s) never appear, e.g. {gaps[:5].tolist()}"
+            f"{path}: column {column}: ids must be contiguous from 0 to max ({count - 1}, line {row}); "
+            f"{count - len(distinct)} id(s) never appear, e.g. {_missing_ids(distinct)}"
         )
     return count
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, data offset) from a .npy header, read without loading the data; None if unknown version."""
+    with path.open("rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+        except ValueError:
+            fh.seek(0)
+            head = fh.read(8)
+            if not head:
+                raise DatasetError(f"{path}: file is empty; expected a .npy array (numpy.save)") from None
+            kind = "a zip or .npz archive" if head.startswith(b"PK") else f"it starts with {head!r}"
+            raise DatasetError(f"{path}: not a .npy file ({kind}); expected one array written by numpy.save") from None
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            return None
+        try:
+            shape, _fortran, dtype = readers[version](fh)
+        except ValueError as exc:
+            raise DatasetError(f"{path}: corrupt .npy header ({exc})") from None
+        return shape, dtype, fh.tell()
 
 
 def read_features(path: Path, n_items: int) -> np.ndarray:
     """Load a `[n_items, dim]` feature matrix, checking shape, dtype and finiteness; returns float32."""
     if not path.is_file():
         raise DatasetError(f"{path}: feature file not found")
+    header = _npy_header(path)
+    if header is not None:
+        shape, dtype, offset = header
+        if dtype.hasobject:
+            raise DatasetError(f"{path}: holds Python objects (dtype {dtype}); expected a numeric float array")
+        if dtype.kind not in "fiu":
+            raise DatasetError(f"{path}: expected a float array, got dtype {dtype}")
+        if len(shape) != 2:
+            raise DatasetError(f"{path}: expected a 2-D array [n_items, dim], got shape {shape}")
+        expected_bytes = int(np.prod(shape)) * dtype.itemsize
+        actual_bytes = path.stat().st_size - offset
+        if actual_bytes < expected_bytes:
+            raise DatasetError(
+                f"{path}: truncated: shape {shape} of {dtype} needs {expected_bytes} bytes of data, "
+                f"the file holds {actual_bytes} (an interrupted download?)"
+            )
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -141,18 +228,33 @@ def read_features(path: Path, n_items: int) -> np.ndarray:
         raise DatasetError(f"{path}: expected a float array, got dtype {array.dtype}")
     if array.ndim != 2:
         raise DatasetError(f"{path}: expected a 2-D array [n_items, dim], got shape {array.shape}")
-    if array.shape[0] != n_items:
+    if array.shape[0] < n_items:
+        raise DatasetError(
+            f"{path}: has {array.shape[0]} rows, but the .inter file has itemIDs up to {n_items - 1}: "
+            f"items {array.shape[0]}..{n_items - 1} have no feature row (expected one row per item: {n_items})"
+        )
+    if array.shape[0] > n_items:
         raise DatasetError(
             f"{path}: has {array.shape[0]} rows, expected one per item: {n_items} (max itemID + 1 in the .inter file)"
         )
     if array.shape[1] == 0:
         raise DatasetError(f"{path}: feature dimension is 0")
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    _check_finite(path, array, "")
+    with np.errstate(over="ignore"):  # reported just below, with the row and column
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    if converted.dtype != array.dtype:
+        _check_finite(path, converted, f" after conversion from {array.dtype} to float32 (value out of range)")
+    return converted
+
+
+def _check_finite(path: Path, array: np.ndarray, context: str) -> None:
     finite = np.isfinite(array)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise DatasetError(f"{path}: row {row} (item {row}) contains NaN or inf; expected finite values")
-    return array
+        col = int(np.flatnonzero(~finite[row])[0])
+        raise DatasetError(
+            f"{path}: row {row} (item {row}), column {col} is {array[row, col]}{context}; expected finite values"
+        )
 
 
 def load_mmrec(folder: str | Path) -> InteractionData:
@@ -181,7 +283,10 @@ def load_mmrec(folder: str | Path) -> InteractionData:
         if label != TRAIN:
             cold = rows & ~has_train[users]
             if cold.any():
-                log.info("%s: dropped %d cold-start %s rows (users without train rows)", path, int(cold.sum()), split_name)
+                log.info(
+                    "%s: dropped %d cold-start %s rows of %d user(s) without train rows",
+                    path, int(cold.sum()), split_name, len(np.unique(users[cold])),
+                )
             rows &= has_train[users]
         if not rows.any():
             raise DatasetError(f"{path}: the {split_name} split (x_label {label}) is empty after cold-start filtering")

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".gitignore", "pyproject.toml")
+PROJECT_FILES = (
+    "pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".gitignore", "pyproject.toml", "data/checksums.json",
+)
 
 
 def _tiny_params(params: dict) -> dict:
