@@ -58,29 +58,107 @@ class PassOutput:
     views: list[View]
 
 
+LOG_2 = math.log(2.0)
+
+
+def _js_parts(p_logits: torch.Tensor, q_logits: torch.Tensor):
+    """Value of the JS divergence and what its gradient needs: P, Q, log P - log M, log Q - log M and
+    the per-row KL(P‖M), KL(Q‖M). log M comes from logaddexp, so every term is finite."""
+    log_p = F.log_softmax(p_logits, dim=-1)
+    log_q = F.log_softmax(q_logits, dim=-1)
+    log_m = torch.logaddexp(log_p, log_q).sub_(LOG_2)
+    p, q = log_p.exp(), log_q.exp()
+    d_p, d_q = log_p.sub_(log_m), log_q.sub_(log_m)  # in place: log P and log Q are not needed again
+    kl_p = torch.linalg.vecdot(p, d_p, dim=-1).unsqueeze(-1)
+    kl_q = torch.linalg.vecdot(q, d_q, dim=-1).unsqueeze(-1)
+    value = 0.5 * (kl_p.sum() + kl_q.sum()) / p_logits.shape[0]
+    return value, (p, q, d_p, d_q, kl_p, kl_q)
+
+
+class _JSDivergence(torch.autograd.Function):
+    """JS divergence with a hand-written backward: d/dP of ½ΣP log(P/M) + ½ΣQ log(Q/M) is ½ log(P/M),
+    pulled back through the row softmax: grad_logits = s · P ⊙ (log(P/M) - KL(P‖M)_row)."""
+
+    @staticmethod
+    def forward(ctx, p_logits, q_logits):
+        value, saved = _js_parts(p_logits, q_logits)
+        ctx.save_for_backward(*saved)
+        ctx.rows = p_logits.shape[0]
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        p, q, d_p, d_q, kl_p, kl_q = ctx.saved_tensors
+        scale = 0.5 * grad / ctx.rows
+        grad_p = (d_p - kl_p).mul_(p).mul_(scale) if ctx.needs_input_grad[0] else None
+        grad_q = (d_q - kl_q).mul_(q).mul_(scale) if ctx.needs_input_grad[1] else None
+        return grad_p, grad_q
+
+
 def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """Jensen–Shannon divergence ½[KL(P‖M) + KL(Q‖M)] of row-softmaxed logits, summed over rows / rows.
 
     Computed in log space (log M by logsumexp), so underflowing probabilities give 0·(finite) terms
-    and never 0/0 in the backward pass.
+    and never 0/0; the gradient is written out (`_JSDivergence`), which keeps a handful of
+    [rows, cols] temporaries instead of autograd's dozen.
     """
+    if torch.is_grad_enabled() and (p_logits.requires_grad or q_logits.requires_grad):
+        return _JSDivergence.apply(p_logits, q_logits)
+    return _js_parts(p_logits, q_logits)[0]
+
+
+def _upstream_parts(p_logits: torch.Tensor, q_logits: torch.Tensor):
+    """Value of the reference's divergence and the per-element gradient factors G_P, G_Q with respect
+    to the first softmax's probabilities, plus P and Q (see `_UpstreamDivergence`)."""
     log_p = F.log_softmax(p_logits, dim=-1)
     log_q = F.log_softmax(q_logits, dim=-1)
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-    kl = log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m)
-    return 0.5 * kl.sum() / p_logits.shape[0]
+    r = torch.logaddexp(log_p, log_q).sub_(LOG_2)  # log M
+    m = r.exp()
+    p, q = log_p.exp_(), log_q.exp_()  # in place: the logs are not needed again
+    log_p2, log_q2 = F.log_softmax(p, dim=-1), F.log_softmax(q, dim=-1)
+    r.mul_(2.0).sub_(log_p2).sub_(log_q2)  # r = 2 log M - log softmax(P) - log softmax(Q)
+    value = 0.5 * torch.linalg.vecdot(m, r, dim=-1).sum() / p_logits.shape[0]
+    # ∂/∂P_k Σ M(2 log M - log P2 - log Q2) = ½ r_k + 1 - M_k + P2_k (the +1 vanishes through the softmax).
+    base = r.mul_(0.5).sub_(m)
+    g_p = log_p2.exp_().add_(base)
+    g_q = log_q2.exp_().add_(base)
+    return value, (p, q, g_p, g_q)
+
+
+class _UpstreamDivergence(torch.autograd.Function):
+    """The reference's divergence with a hand-written backward: grad_logits = s · P ⊙ (G_P - ⟨P, G_P⟩_row)."""
+
+    @staticmethod
+    def forward(ctx, p_logits, q_logits):
+        value, saved = _upstream_parts(p_logits, q_logits)
+        ctx.save_for_backward(*saved)
+        ctx.rows = p_logits.shape[0]
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        p, q, g_p, g_q = ctx.saved_tensors
+        scale = 0.5 * grad / ctx.rows
+
+        def pull_back(prob, g):
+            return (g - torch.linalg.vecdot(prob, g, dim=-1).unsqueeze(-1)).mul_(prob).mul_(scale)
+
+        return (pull_back(p, g_p) if ctx.needs_input_grad[0] else None,
+                pull_back(q, g_q) if ctx.needs_input_grad[1] else None)
 
 
 def upstream_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """The reference's consistency term (SPEC §6.1): with P, Q the row softmaxes and M = (P+Q)/2,
-    ½[KL(M‖softmax(P)) + KL(M‖softmax(Q))], batchmean, gradient flowing through M."""
-    log_p = F.log_softmax(p_logits, dim=-1)
-    log_q = F.log_softmax(q_logits, dim=-1)
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-    log_p2 = F.log_softmax(log_p.exp(), dim=-1)
-    log_q2 = F.log_softmax(log_q.exp(), dim=-1)
-    kl = log_m.exp() * (2.0 * log_m - log_p2 - log_q2)
-    return 0.5 * kl.sum() / p_logits.shape[0]
+    ½[KL(M‖softmax(P)) + KL(M‖softmax(Q))], batchmean, gradient flowing through M (and P, Q).
+
+    Log space throughout (M·log M with M from logaddexp: 0·finite when M underflows); the gradient
+    is written out (`_UpstreamDivergence`).
+    """
+    if torch.is_grad_enabled() and (p_logits.requires_grad or q_logits.requires_grad):
+        return _UpstreamDivergence.apply(p_logits, q_logits)
+    return _upstream_parts(p_logits, q_logits)[0]
 
 
 DIVERGENCE_FUNCTIONS = {"js": js_divergence, "upstream": upstream_divergence}

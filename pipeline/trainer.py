@@ -63,6 +63,50 @@ class TrainResult:
     best_state: dict[str, torch.Tensor] = field(repr=False)
 
 
+class TrainRows:
+    """The train split's (user, item) rows on the device, and the negative sampler when the model needs one."""
+
+    def __init__(self, data: InteractionData, device: torch.device, with_negatives: bool):
+        self.users = torch.as_tensor(data.train.users, device=device)
+        self.items = torch.as_tensor(data.train.items, device=device)
+        self.sampler = NegativeSampler(data.train, data.n_items, device) if with_negatives else None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def make_optimizer(objective: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """Adam with the configured constant learning rate and weight decay (SPEC §3)."""
+    return torch.optim.Adam(objective.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+
+
+def train_epoch(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rows: TrainRows,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
+    """One training epoch: the model's pre-epoch hook, then shuffled batches with fresh negatives.
+
+    Returns the mean loss over rows (NaN/inf when the loss diverged).
+    """
+    objective.train()
+    objective.pre_epoch(generator)
+    order = torch.randperm(len(rows), generator=generator, device=rows.users.device)
+    loss_sum = torch.zeros((), device=rows.users.device)
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        users = rows.users[picked]
+        negatives = rows.sampler.sample(users, generator) if rows.sampler is not None else None
+        loss = objective.loss(Batch(users, rows.items[picked], negatives))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(picked)
+    return float(loss_sum) / len(order)
+
+
 def train(
     objective: nn.Module,
     data: InteractionData,
@@ -73,12 +117,8 @@ def train(
     """Train `objective` (a base model or DVIB around one) with early stopping on validation."""
     objective.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(
-        objective.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
-    )
-    train_users = torch.as_tensor(data.train.users, device=device)
-    train_items = torch.as_tensor(data.train.items, device=device)
-    sampler = NegativeSampler(data.train, data.n_items, device) if objective.needs_negatives else None
+    optimizer = make_optimizer(objective, cfg)
+    rows = TrainRows(data, device, with_negatives=objective.needs_negatives)
     valid_eval = Evaluator(data, data.valid, cfg.eval.topk, cfg.eval.batch_size, device)
     test_eval = Evaluator(data, data.test, cfg.eval.topk, cfg.eval.batch_size, device)
     metric = cfg.eval.valid_metric
@@ -92,20 +132,7 @@ def train(
     epoch = -1
     for epoch in range(cfg.train.epochs):
         tick = time.perf_counter()
-        objective.train()
-        objective.pre_epoch(generator)
-        order = torch.randperm(len(train_users), generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
-        for start in range(0, len(order), cfg.train.batch_size):
-            rows = order[start : start + cfg.train.batch_size]
-            users = train_users[rows]
-            negatives = sampler.sample(users, generator) if sampler is not None else None
-            loss = objective.loss(Batch(users, train_items[rows], negatives))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(rows)
-        train_loss = float(loss_sum) / len(order)
+        train_loss = train_epoch(objective, optimizer, rows, cfg.train.batch_size, generator)
         if not math.isfinite(train_loss):
             log.warning("epoch %d: training loss is %s; stopping and keeping epoch %d", epoch, train_loss, best_epoch)
             status = "diverged"

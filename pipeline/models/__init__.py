@@ -15,10 +15,18 @@ from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIB, VARIANTS
 from pipeline.graphs import Graphs
 from pipeline.models.base import Recommender
+from pipeline.models.bm3 import BM3
+from pipeline.models.freedom import FREEDOM
+from pipeline.models.grcn import GRCN
+from pipeline.models.mmgcn import MMGCN
 from pipeline.models.vbpr import VBPR
 
 BASE_MODELS: dict[str, type[Recommender]] = {
     "VBPR": VBPR,
+    "MMGCN": MMGCN,
+    "GRCN": GRCN,
+    "BM3": BM3,
+    "FREEDOM": FREEDOM,
 }
 
 

@@ -1,6 +1,8 @@
 """VBPR: visual Bayesian personalised ranking with text and image content (SPEC §5.1)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -40,28 +42,55 @@ class VBPR(Recommender):
     def item_features(self) -> dict[str, torch.Tensor]:
         return {"image": self.image_features, "text": self.text_features}
 
-    def content(self) -> torch.Tensor:
-        """W [text ; image] + b for all items, without materialising the concatenation."""
-        text_dim = self.text_features.shape[1]
+    def content(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """W [text ; image] + b for `items` (all items when None), without materialising the concatenation."""
+        text, image = self.text_features, self.image_features
+        if items is not None:
+            text, image = text[items], image[items]
+        text_dim = text.shape[1]
         weight = self.item_linear.weight
-        return torch.addmm(self.item_linear.bias, self.text_features, weight[:, :text_dim].T) + (
-            self.image_features @ weight[:, text_dim:].T
-        )
+        return torch.addmm(self.item_linear.bias, text, weight[:, :text_dim].T) + (image @ weight[:, text_dim:].T)
 
     def encode(self, batch: Batch, variant: str | None):
-        return {"content": self.content()}, None
-
-    def decode(self, hidden, context, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
-        items = torch.cat([self.item_embedding, hidden["content"]], dim=1)
         users = self.user_embedding[batch.users]
-        pos, neg = items[batch.pos_items], items[batch.neg_items]
+        if variant is None:
+            # The plain loss reads only the batch's positive and negative items: project each once.
+            items, rows = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
+            return {"content": self.content(items)}, _Context(users, rows, None)
+        # DVIB's views score every item; ⟨θ_u[:d], γ_i⟩ is the same in the clean and the noisy pass.
+        id_scores = users[:, : self.embedding_size] @ self.item_embedding.T
+        return {"content": self.content()}, _Context(users, None, id_scores)
+
+    def decode(self, hidden, context: "_Context", batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
+        content, users, n = hidden["content"], context.users, len(batch.users)
+        if context.item_rows is None:  # content of every item
+            pos_content, neg_content = content[batch.pos_items], content[batch.neg_items]
+        else:  # content of the batch's distinct items; item_rows maps [pos_items ; neg_items] into it
+            pos_content, neg_content = content[context.item_rows[:n]], content[context.item_rows[n:]]
+        pos = torch.cat([self.item_embedding[batch.pos_items], pos_content], dim=1)
+        neg = torch.cat([self.item_embedding[batch.neg_items], neg_content], dim=1)
         diff = (users * pos).sum(1) - (users * neg).sum(1)
         loss = -torch.log(1e-10 + torch.sigmoid(diff)).mean()
         loss = loss + self.reg_weight * emb_loss(users, pos, neg)
-        views = [View(users @ items.T)] if with_views else []
+        views = []
+        if with_views:
+            if context.id_scores is None:
+                raise RuntimeError("VBPR: score views need encode() with a DVIB variant (all items' content)")
+            # users @ [γ ; c]ᵀ, with the γ half computed once in encode.
+            views = [View(torch.addmm(context.id_scores, users[:, self.embedding_size :], content.T))]
         return PassOutput(loss, views)
 
     def scorer(self):
         with torch.no_grad():
             items = torch.cat([self.item_embedding, self.content()], dim=1)
         return lambda users: self.user_embedding[users].detach() @ items.T
+
+
+@dataclass
+class _Context:
+    """What VBPR's decode needs besides the content: batch users' θ, where [pos_items ; neg_items]
+    sit in `content` (None: it holds every item) and the id half of the score views (DVIB only)."""
+
+    users: torch.Tensor
+    item_rows: torch.Tensor | None
+    id_scores: torch.Tensor | None

@@ -1,69 +1,136 @@
-"""Stage `report`: aggregate the full table's metrics into metrics/summary.json and summary.md.
+"""Stage `report`: the full table's summary over seeds, robustness curves, figures and DVC plot data.
 
-Params: table. Reads metrics/<dataset>/<model>.json for every dataset × base × variant.
+Params: table (datasets, bases, variants, seeds). Reads, for every dataset × base × variant × seed,
+metrics/table/<dataset>/<model>/seed<k>.json (training run) and
+metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Writes
+- metrics/summary.json  {dataset: {model: seed means/stds, change vs base, robustness means}};
+- metrics/summary.md    the paper-style tables (see pipeline/report.py for the conventions);
+- metrics/figures/robustness_<dataset>_<base>.png  Recall@20 against noise level, base and variants;
+- metrics/plots/robustness_<dataset>_<base>.csv    the same curves for `dvc plots show/diff`
+  (columns noise_level, then one per variant: base, DVIBc, DVIBa).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import Mapping, Sequence
 
-from pipeline.atomic import write_json, write_text
-from pipeline.config import read_params, section
+from pipeline.atomic import staged_directory, write_json, write_text
+from pipeline.config import ConfigError, read_params, section
+from pipeline.report import CURVE_METRIC, display_name, markdown_report, model_name, noise_curve, short_metric, summarise_dataset
 from pipeline.stages.common import setup_logging
 
-COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@5", "map@5")
+log = logging.getLogger("pipeline.stages.report")
+METRICS_DIR = Path("metrics")
 
 
-def collect(datasets: list[str], bases: list[str], variants: list[str], root: Path) -> dict:
-    """{dataset: {model: metrics dict}} read from the per-run metrics files."""
-    summary: dict = {}
-    for dataset in datasets:
-        for base in bases:
-            for variant in variants:
-                path = root / dataset / f"{base}{variant}.json"
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path}: missing; run `dvc repro` to train {base}{variant} on {dataset}")
-                summary.setdefault(dataset, {})[f"{base}{variant}"] = json.loads(path.read_text())
-    return summary
+def run_path(root: Path, kind: str, dataset: str, model: str, seed: int) -> Path:
+    """metrics/<kind>/<dataset>/<model>/seed<k>.json, kind 'table' or 'robustness'."""
+    return root / kind / dataset / model / f"seed{seed}.json"
 
 
-def markdown_table(dataset: str, runs: dict, bases: list[str], variants: list[str]) -> str:
-    """One Markdown table per dataset: test metrics, relative change of Recall@20 against the base."""
-    header = ["model", *COLUMNS, "Δ R@20 vs base", "best epoch", "status", "train s"]
-    lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    random = next(iter(runs.values()))["random_recall@20"]
-    for base in bases:
-        base_recall = runs[base]["test"].get("recall@20") if base in runs else None
-        for variant in variants:
-            run = runs[f"{base}{variant}"]
-            test = run["test"]
-            values = [f"{test[c]:.4f}" if c in test else "—" for c in COLUMNS]
-            delta = (
-                f"{100 * (test['recall@20'] / base_recall - 1):+.1f}%"
-                if variant and base_recall and "recall@20" in test else ""
-            )
-            lines.append(
-                "| " + " | ".join([f"{base}{variant}", *values, delta, str(run["best_epoch"]), run["status"],
-                                   f"{run['train_seconds']:.1f}"]) + " |"
-            )
-    lines += ["", f"Random ranking, expected test Recall@20: {random:.4f}", ""]
-    return "\n".join(lines)
+def read_record(path: Path) -> dict:
+    """One metrics file, with an error that says which run is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro` to produce it")
+    return json.loads(path.read_text())
+
+
+def collect(root: Path, dataset: str, models: Sequence[str], seeds: Sequence[int], kind: str) -> dict[str, list[dict]]:
+    """{model: [record per seed]} of one dataset, in seed order."""
+    return {m: [read_record(run_path(root, kind, dataset, m, s)) for s in seeds] for m in models}
+
+
+def curve_columns(variants: Sequence[str]) -> dict[str, str]:
+    """CSV column of each variant: 'base' for the plain model, 'DVIBc', 'DVIBa' (the same for every base)."""
+    return {v: f"DVIB{v}" if v else "base" for v in variants}
+
+
+def curves_csv(summary: Mapping[str, Mapping], base: str, variants: Sequence[str]) -> str:
+    """CSV text of one base's noise curves: a row per noise level, a column per variant."""
+    columns = curve_columns(variants)
+    curves = {v: noise_curve(summary[model_name(base, v)]) for v in variants}
+    levels = [level for level, _, _ in curves[variants[0]]]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["noise_level", *columns.values()])
+    for i, level in enumerate(levels):
+        writer.writerow([f"{level:g}", *(f"{curves[v][i][1]:.6f}" for v in variants)])
+    return out.getvalue()
+
+
+def save_curve_figure(path: Path, summary: Mapping[str, Mapping], dataset: str, base: str,
+                      variants: Sequence[str]) -> None:
+    """A PNG of the curve metric against noise level for a base and its variants (std over seeds as bars)."""
+    from matplotlib.figure import Figure  # the object API draws with Agg and touches no global backend
+
+    figure = Figure(figsize=(5.0, 3.6), layout="constrained")
+    axes = figure.subplots()
+    for i, variant in enumerate(variants):
+        levels, means, stds = zip(*noise_curve(summary[model_name(base, variant)]))
+        # Shift each variant slightly along x so that overlapping error bars stay readable.
+        shift = (i - (len(variants) - 1) / 2) * 0.008 * (max(levels) - min(levels) or 1.0)
+        axes.errorbar([x + shift for x in levels], means, yerr=stds, marker="o", capsize=3,
+                      label=display_name(base, variant))
+    axes.set_xlabel("noise level (× feature std)")
+    axes.set_ylabel(f"test {short_metric(CURVE_METRIC)}")
+    axes.set_title(f"{base} on {dataset}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path, format="png", dpi=120, metadata={"Software": None})
+
+
+def table_settings(params: Mapping) -> tuple[list[str], list[str], list[str], list[int]]:
+    """(datasets, bases, variants, seeds) of params.yaml `table`, checked."""
+    table = section(params, "table")
+    values = []
+    for key in ("datasets", "bases", "variants", "seeds"):
+        value = section(table, key, "params.yaml: table")
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"params.yaml: table.{key}: expected a non-empty list")
+        values.append(value)
+    datasets, bases, variants, seeds = values
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ConfigError(f"params.yaml: table.seeds: expected integers, got {seeds}")
+    return [str(d) for d in datasets], [str(b) for b in bases], [str(v or "") for v in variants], seeds
+
+
+def build_report(root: Path, datasets: list[str], bases: list[str], variants: list[str], seeds: list[int]) -> dict:
+    """Read every run, write summary.json, summary.md, figures and plot CSVs under `root`; return the summary."""
+    models = [model_name(b, v) for b in bases for v in variants]
+    summaries = {
+        dataset: summarise_dataset(
+            collect(root, dataset, models, seeds, "table"), collect(root, dataset, models, seeds, "robustness"),
+            bases, variants,
+        )
+        for dataset in datasets
+    }
+    figures: dict[str, dict[str, str]] = {}
+    with staged_directory(root / "figures") as figure_dir, staged_directory(root / "plots") as plot_dir:
+        for dataset, summary in summaries.items():
+            for base in bases:
+                stem = f"robustness_{dataset}_{base}"
+                save_curve_figure(figure_dir / f"{stem}.png", summary, dataset, base, variants)
+                (plot_dir / f"{stem}.csv").write_text(curves_csv(summary, base, variants))
+                figures.setdefault(dataset, {})[base] = f"figures/{stem}.png"
+    write_json(root / "summary.json", summaries)
+    write_text(root / "summary.md", markdown_report(summaries, bases, variants, seeds, figures))
+    return summaries
 
 
 def main() -> int:
     setup_logging()
-    table = section(read_params(), "table")
-    datasets, bases, variants = table["datasets"], table["bases"], table["variants"]
-    summary = collect(datasets, bases, variants, Path("metrics"))
-    compact = {
-        dataset: {model: {"status": r["status"], "best_epoch": r["best_epoch"], **r["test"]} for model, r in runs.items()}
-        for dataset, runs in summary.items()
-    }
-    write_json("metrics/summary.json", compact)
-    body = "\n".join(markdown_table(d, summary[d], bases, variants) for d in datasets)
-    write_text("metrics/summary.md", "# Test metrics at the best-validation epoch\n\n" + body)
-    print(body)
+    try:
+        datasets, bases, variants, seeds = table_settings(read_params())
+        build_report(METRICS_DIR, datasets, bases, variants, seeds)
+    except (ConfigError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    print((METRICS_DIR / "summary.md").read_text())
     return 0
 
 

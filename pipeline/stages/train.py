@@ -1,12 +1,14 @@
 """Stage `train` / `table`: train one model on one dataset, write metrics, curves and checkpoint.
 
 Params: seed, train, eval, dvib, models.<base> (plus `model`/`dataset` for the single-run stage).
-Usage: python -m pipeline.stages.train --model FREEDOMa --dataset synthetic \
+`--seed` overrides params.yaml's `seed` (the table runs each combination over `table.seeds`).
+Usage: python -m pipeline.stages.train --model FREEDOMa --dataset synthetic [--seed 1000] \
            --metrics metrics/train.json --checkpoint models/train.pt --curves metrics/curves/train
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -34,11 +36,15 @@ def random_ranking_recall(data: InteractionData, k: int) -> float:
     return float(np.mean(np.minimum(1.0, k / (data.n_items - n_train_items[users]))))
 
 
-def run(model: str, dataset: str, metrics_path: Path, checkpoint_path: Path, curves_dir: Path) -> dict:
-    """Train `model` on `dataset` with params.yaml's settings; write every output atomically."""
+def run(
+    model: str, dataset: str, metrics_path: Path, checkpoint_path: Path, curves_dir: Path, seed: int | None = None
+) -> dict:
+    """Train `model` on `dataset` with params.yaml's settings (seed overridable); write every output atomically."""
     from dvclive import Live  # imported here: it is slow to import and only needed by this stage
 
     cfg = experiment_config(read_params(), model, dataset)
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
     configure_runtime(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
@@ -63,6 +69,7 @@ def run(model: str, dataset: str, metrics_path: Path, checkpoint_path: Path, cur
     metrics = {
         "model": model,
         "dataset": dataset,
+        "seed": cfg.seed,
         "status": result.status,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
@@ -86,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--curves", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=None, help="overrides params.yaml's seed")
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        run(args.model, args.dataset, args.metrics, args.checkpoint, args.curves)
+        run(args.model, args.dataset, args.metrics, args.checkpoint, args.curves, args.seed)
     except (ConfigError, UnknownModelError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1

@@ -1,0 +1,1 @@
+"""Benchmarks of the training pipeline (not tests): run `benchmarks/benchmark.py --help`."""

@@ -1,0 +1,166 @@
+"""MMGCN: one graph convolution network per modality over the user–item graph (SPEC §5.2)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from pipeline.dataset import InteractionData
+from pipeline.dvib import DVIBSite, PassOutput, View
+from pipeline.graphs import Graphs
+from pipeline.models.base import Batch, Recommender, bpr_loss
+from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges
+
+LEAKY_SLOPE = 0.01
+N_LAYERS = 3  # the reference always builds three layers, whatever its `n_layers` setting says
+
+
+def _xavier_normal_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.xavier_normal_(layer.weight)
+    return layer
+
+
+class ModalityGCN(nn.Module):
+    """One modality's three-layer MMGCN network over X = normalise([P ; item features]).
+
+    Layer l: h = LReLU(MeanAgg(X) W_l), x̂ = LReLU(Lin_l(X)) + E_id, X = LReLU(G_l([h ; x̂])).
+    MeanAgg(X W) is computed as MeanAgg(X) W (the same linear map; it skips the sparse backward
+    product whenever X needs no gradient).
+    """
+
+    def __init__(self, n_users: int, feature_dim: int, latent_dim: int | None, embedding_size: int, trainable_preference: bool):
+        super().__init__()
+        self.projection = nn.Linear(feature_dim, latent_dim) if latent_dim else None
+        in_dim = latent_dim or feature_dim
+        preference = nn.init.xavier_normal_(torch.empty(n_users, in_dim))
+        if trainable_preference:
+            self.preference = nn.Parameter(preference)
+        else:
+            self.register_buffer("preference", preference)
+        widths = [in_dim] + [embedding_size] * (N_LAYERS - 1)
+        self.conv_weights = nn.ParameterList(
+            nn.Parameter(nn.init.xavier_normal_(torch.empty(w, w))) for w in widths
+        )
+        self.linears = nn.ModuleList(_xavier_normal_linear(w, embedding_size) for w in widths)
+        self.gates = nn.ModuleList(_xavier_normal_linear(w + embedding_size, embedding_size) for w in widths)
+
+    def forward(self, features: torch.Tensor, id_embedding: torch.Tensor, edges: UndirectedEdges, mean_weights: torch.Tensor) -> torch.Tensor:
+        """Node representations [N, d] from item features [I, feature_dim]."""
+        items = self.projection(features) if self.projection is not None else features
+        x = F.normalize(torch.cat([self.preference, items]), dim=1)
+        for weight, linear, gate in zip(self.conv_weights, self.linears, self.gates):
+            h = F.leaky_relu(edges.aggregate(mean_weights, x) @ weight, LEAKY_SLOPE)
+            x_hat = F.leaky_relu(linear(x), LEAKY_SLOPE) + id_embedding
+            x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)), LEAKY_SLOPE)
+        return x
+
+
+class MMGCN(Recommender):
+    """Multimodal graph convolution network: R = (R_image + R_text) / 2, score(u, i) = ⟨R_u, R_{U+i}⟩.
+
+    Args:
+        data: the dataset (id counts and item features, any widths).
+        graphs: the graph artefacts; `edge_index` (u → U+i) is used in both directions. Repeated
+            train rows count with their multiplicity in the neighbour means, as in the reference.
+        embedding_size: d, the width of E_id and of every layer's output (64).
+        image_latent_dim: width of the image projection Linear(image_dim → 256) and of P_image.
+        reg_weight: λ of λ·[mean(E_id[u]² + E_id[item]²) + mean(P_image²)] (E_id rows paired as
+            the reference pairs them: each user once per pos and neg item).
+        trainable_id_and_preference: false reproduces the reference, whose E_id and P_m are plain
+            tensors, never optimised (frozen random values, so the regulariser is a constant);
+            true makes them parameters.
+        cache_prediction: true reproduces the reference, whose scorer reuses the representation of
+            the last clean training pass (stale by one optimiser step; computed afresh when there
+            is none or the item features changed since); false recomputes it for scoring.
+        image_noise_hidden, text_noise_hidden: hidden sizes of DVIBa's noise networks on the raw
+            image and text features (reference: 4096→2048→1024→1 and 384→192→96→1).
+    DVIB perturbs the raw input features (sites 'image' and 'text'); the noisy pass runs both
+    modality networks again, with the same weights, on the noisy features.
+    """
+
+    def __init__(
+        self,
+        data: InteractionData,
+        graphs: Graphs | None,
+        *,
+        embedding_size: int,
+        image_latent_dim: int,
+        reg_weight: float,
+        trainable_id_and_preference: bool,
+        cache_prediction: bool,
+        image_noise_hidden: list[int],
+        text_noise_hidden: list[int],
+    ):
+        super().__init__()
+        if graphs is None:
+            raise ValueError("MMGCN needs the graph artefacts (edge_index); got graphs=None")
+        if (graphs.n_users, graphs.n_items) != (data.n_users, data.n_items):
+            raise ValueError(
+                f"graphs are for {graphs.n_users} users / {graphs.n_items} items but the dataset has "
+                f"{data.n_users} / {data.n_items}: rebuild the graphs stage"
+            )
+        self.n_users, self.n_items = data.n_users, data.n_items
+        self.reg_weight = reg_weight
+        self.cache_prediction = cache_prediction
+        self.noise_hidden = {"image": tuple(image_noise_hidden), "text": tuple(text_noise_hidden)}
+        self.register_buffer("image_features", torch.from_numpy(data.image_features))
+        self.register_buffer("text_features", torch.from_numpy(data.text_features))
+        n_nodes = data.n_users + data.n_items
+        id_embedding = nn.init.xavier_normal_(torch.empty(n_nodes, embedding_size))
+        if trainable_id_and_preference:
+            self.id_embedding = nn.Parameter(id_embedding)
+        else:
+            self.register_buffer("id_embedding", id_embedding)
+        self.edges = UndirectedEdges(graphs.edge_index, n_nodes)
+        # Mean over incoming neighbours: each entry weighs multiplicity / in-degree of its target.
+        mean_weights = self.edges.multiplicity / self.edges.in_degree()[self.edges.target]
+        self.register_buffer("mean_weights", mean_weights, persistent=False)
+        self.image_gcn = ModalityGCN(
+            data.n_users, data.image_features.shape[1], image_latent_dim, embedding_size, trainable_id_and_preference
+        )
+        self.text_gcn = ModalityGCN(
+            data.n_users, data.text_features.shape[1], None, embedding_size, trainable_id_and_preference
+        )
+        self._cache = RepresentationCache()
+
+    def dvib_sites(self, variant: str) -> list[DVIBSite]:
+        return [
+            DVIBSite("image", self.image_features.shape[1], noise_hidden=self.noise_hidden["image"]),
+            DVIBSite("text", self.text_features.shape[1], noise_hidden=self.noise_hidden["text"]),
+        ]
+
+    def item_features(self) -> dict[str, torch.Tensor]:
+        return {"image": self.image_features, "text": self.text_features}
+
+    def representation(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Node representations [N, d] from (possibly perturbed) raw image and text features."""
+        r_image = self.image_gcn(image, self.id_embedding, self.edges, self.mean_weights)
+        r_text = self.text_gcn(text, self.id_embedding, self.edges, self.mean_weights)
+        return (r_image + r_text) / 2
+
+    def encode(self, batch: Batch, variant: str | None):
+        return {"image": self.image_features, "text": self.text_features}, None
+
+    def decode(self, hidden, context, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
+        rep = self.representation(hidden["image"], hidden["text"])
+        if not noisy:
+            self._cache.store(rep, self.item_features())
+        users = rep[batch.users]
+        pos_nodes, neg_nodes = batch.pos_items + self.n_users, batch.neg_items + self.n_users
+        loss = bpr_loss((users * rep[pos_nodes]).sum(1), (users * rep[neg_nodes]).sum(1))
+        ids = self.id_embedding
+        # mean over the reference's (user, item) pairs [u, pos], [u, neg] of E_u² + E_item²
+        reg = ids[batch.users].square().mean() + 0.5 * (ids[pos_nodes].square().mean() + ids[neg_nodes].square().mean())
+        reg = reg + self.image_gcn.preference.square().mean()
+        loss = loss + self.reg_weight * reg
+        views = [View(users @ rep[self.n_users :].T)] if with_views else []
+        return PassOutput(loss, views)
+
+    def scorer(self):
+        rep = self._cache.get(self.item_features()) if self.cache_prediction else None
+        if rep is None:
+            with torch.no_grad():
+                rep = self.representation(self.image_features, self.text_features)
+        users_rep, items_rep = rep[: self.n_users], rep[self.n_users :]
+        return lambda users: users_rep[users] @ items_rep.T
