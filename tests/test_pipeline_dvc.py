@@ -21,6 +21,7 @@ def _tiny_params(params: dict) -> dict:
     params["synthetic"].update(n_users=60, n_items=80, latent_dim=8, image_dim=48, text_dim=24, mean_interactions=10.0)
     params["train"].update(epochs=2, batch_size=256, threads=1, device="cpu")
     params["graphs"]["knn_k"] = 5
+    params["table"].update(bases=["VBPR", "FREEDOM"], seeds=[999, 1000])
     return params
 
 
@@ -65,9 +66,17 @@ def test_repro_trains_table_and_writes_summary(repo):
     table = params["table"]
     for base in table["bases"]:
         for variant in table["variants"]:
-            metrics = json.loads((work / "metrics" / "synthetic" / f"{base}{variant}.json").read_text())
-            assert metrics["model"] == f"{base}{variant}"
-            assert 0.0 <= metrics["test"]["recall@20"] <= 1.0
+            summary = json.loads((work / "metrics" / "synthetic" / f"{base}{variant}.json").read_text())
+            assert summary["seeds"] == table["seeds"] and 0.0 <= summary["test"]["recall@20"] <= 1.0
+            for seed in table["seeds"]:
+                run = Path("synthetic") / f"{base}{variant}" / f"seed{seed}.json"
+                metrics = json.loads((work / "metrics" / "table" / run).read_text())
+                assert metrics["model"] == f"{base}{variant}" and metrics["seed"] == seed
+                assert 0.0 <= metrics["test"]["recall@20"] <= 1.0
+                robustness = json.loads((work / "metrics" / "robustness" / run).read_text())
+                assert "noise@0" in robustness["conditions"]
+        assert (work / "metrics" / "figures" / f"robustness_synthetic_{base}.png").is_file()
+        assert (work / "metrics" / "plots" / f"robustness_synthetic_{base}.csv").is_file()
     assert json.loads((work / "metrics" / "train.json").read_text())["model"] == params["model"]
     assert (work / "metrics" / "summary.json").is_file() and (work / "metrics" / "summary.md").is_file()
     assert (work / "dvc.lock").is_file()

@@ -20,12 +20,12 @@ MODALITIES = ("image", "text")
 class GRCNContext:
     """What `decode` needs besides the DVIB site tensor: the unperturbed other half."""
 
-    content: torch.Tensor | None  # [N, 2d] when the site is the edge attention (variant c)
+    content: torch.Tensor | None  # [N, 2·latent_dim] when the site is the edge attention (variant c)
     id_rep: torch.Tensor | None  # [N, d] when the site is the content (base model, variant a)
 
 
 class GRCN(Recommender):
-    """score(u, i) = ⟨r_u, r_{U+i}⟩ with r = [id_rep ; out_image ; out_text] ∈ R^{3d}.
+    """score(u, i) = ⟨r_u, r_{U+i}⟩ with r = [id_rep ; out_image ; out_text] (64 + 2·64 wide).
 
     Reference settings: add aggregation, 'confid' edge weights, concat fusion, no activation,
     normalisation on, edge dropout 0. Per modality m: X_m = [normalise(P_m) ;
@@ -40,7 +40,8 @@ class GRCN(Recommender):
     Args:
         data: the dataset (id counts and item features).
         graphs: the graph artefacts (`edge_index`, u → U+i).
-        embedding_size: d, the width of E_id, of each P_m and of each MLP_m output (64).
+        embedding_size: d, the width of E_id and of the id channel (64).
+        latent_dim: the width of each P_m and MLP_m output (the reference's `latent_embedding`, 64).
         reg_weight: λ of λ·[mean(E_id[u]² + E_id[item]²) + mean(P_image²) + mean(P_image[u]²) +
             mean(P_text[u]²)].
         cache_prediction: true reproduces the reference, whose scorer reuses the representation of
@@ -50,7 +51,7 @@ class GRCN(Recommender):
             attention; true applies the ReLU there as in the clean pass (the method), false skips
             it as the reference implementation does (an accident: negative weights can appear).
     DVIB sites: variant c perturbs the edge attention W = [α_image, α_text] [nnz, 2] and redoes the
-    id channel with it; variant a perturbs the content half [out_image ; out_text] [N, 2d].
+    id channel with it; variant a perturbs the content half [out_image ; out_text] [N, 2·latent_dim].
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class GRCN(Recommender):
         graphs: Graphs | None,
         *,
         embedding_size: int,
+        latent_dim: int,
         reg_weight: float,
         cache_prediction: bool,
         noisy_edge_relu: bool,
@@ -72,7 +74,7 @@ class GRCN(Recommender):
                 f"{data.n_users} / {data.n_items}: rebuild the graphs stage"
             )
         self.n_users, self.n_items = data.n_users, data.n_items
-        self.embedding_size = embedding_size
+        self.latent_dim = latent_dim
         self.reg_weight = reg_weight
         self.cache_prediction = cache_prediction
         self.noisy_edge_relu = noisy_edge_relu
@@ -82,16 +84,18 @@ class GRCN(Recommender):
         self.edges = UndirectedEdges(graphs.edge_index, n_nodes)
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, embedding_size)))
         self.preferences = nn.ParameterDict(
-            {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, embedding_size))) for m in MODALITIES}
+            {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, latent_dim))) for m in MODALITIES}
         )
-        self.mlps = nn.ModuleDict({m: nn.Linear(f.shape[1], embedding_size) for m, f in self.item_features().items()})
+        self.mlps = nn.ModuleDict({m: nn.Linear(f.shape[1], latent_dim) for m, f in self.item_features().items()})
+        for mlp in self.mlps.values():
+            nn.init.xavier_normal_(mlp.weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(MODALITIES))))
         self._cache = RepresentationCache()
 
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
         if variant == "c":
             return [DVIBSite("edge_attention", len(MODALITIES))]
-        return [DVIBSite("content", len(MODALITIES) * self.embedding_size)]
+        return [DVIBSite("content", len(MODALITIES) * self.latent_dim)]
 
     def item_features(self) -> dict[str, torch.Tensor]:
         return {"image": self.image_features, "text": self.text_features}
@@ -125,7 +129,7 @@ class GRCN(Recommender):
         return {"content": content}, GRCNContext(content=None, id_rep=id_rep)
 
     def representation_from(self, hidden: dict[str, torch.Tensor], context: GRCNContext, noisy: bool) -> torch.Tensor:
-        """[id_rep ; content] [N, 3d] from a site tensor and the context of `encode`."""
+        """[id_rep ; content] [N, d + 2·latent_dim] from a site tensor and the context of `encode`."""
         if "edge_attention" in hidden:
             relu = self.noisy_edge_relu or not noisy
             id_rep = self.id_channel(self.edge_weights(hidden["edge_attention"], relu=relu))

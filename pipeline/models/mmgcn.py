@@ -43,7 +43,11 @@ class ModalityGCN(nn.Module):
             nn.Parameter(nn.init.xavier_normal_(torch.empty(w, w))) for w in widths
         )
         self.linears = nn.ModuleList(_xavier_normal_linear(w, embedding_size) for w in widths)
-        self.gates = nn.ModuleList(_xavier_normal_linear(w + embedding_size, embedding_size) for w in widths)
+        # As the reference: only the first gate gets the xavier init, the others keep torch's default.
+        self.gates = nn.ModuleList(
+            [_xavier_normal_linear(widths[0] + embedding_size, embedding_size)]
+            + [nn.Linear(w + embedding_size, embedding_size) for w in widths[1:]]
+        )
 
     def forward(self, features: torch.Tensor, id_embedding: torch.Tensor, edges: UndirectedEdges, mean_weights: torch.Tensor) -> torch.Tensor:
         """Node representations [N, d] from item features [I, feature_dim]."""

@@ -1,9 +1,8 @@
-"""Stage `robustness`: test metrics of one trained table checkpoint under test-time feature perturbations.
+"""Stage `robustness`: test metrics of one table cell's checkpoints under test-time feature perturbations.
 
 Params: robustness (seed, noise_levels, remove_modalities, drop_fractions, model_overrides).
 Usage: python -m pipeline.stages.robustness --dataset synthetic \
-           --checkpoint models/table/synthetic/VBPRc/seed999.pt \
-           --output metrics/robustness/synthetic/VBPRc/seed999.json
+           --checkpoints models/table/synthetic/VBPRc --output metrics/robustness/synthetic/VBPRc
 
 The checkpoint's objective (base model or DVIB wrapper) is rebuilt from its saved config, with
 `robustness.model_overrides.<BASE>` merged into the model's constructor params (for a model
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.atomic import write_json
+from pipeline.atomic import staged_directory, write_json
 from pipeline.config import ConfigError, ExperimentConfig, read_params, section
 from pipeline.dataset import InteractionData, load_mmrec
 from pipeline.dvib import DVIB
@@ -95,31 +94,39 @@ def evaluate_checkpoint(
     }
 
 
-def run(dataset: str, checkpoint_path: Path, output_path: Path) -> dict:
-    """Evaluate the checkpoint under params.yaml's `robustness` conditions and write the metrics file."""
+def run(dataset: str, checkpoint_dir: Path, output_dir: Path) -> list[dict]:
+    """Evaluate every seed<k>.pt checkpoint of a folder under params.yaml's `robustness` conditions;
+    write one seed<k>.json per checkpoint into `output_dir` (replaced as a whole)."""
     robustness = section(read_params(), "robustness")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    train_cfg = checkpoint["config"]["train"]
-    configure_runtime(int(train_cfg["threads"]))
-    device = resolve_device(train_cfg["device"])
+    checkpoints = sorted(checkpoint_dir.glob("seed*.pt"))
+    if not checkpoints:
+        raise FileNotFoundError(f"{checkpoint_dir}: no seed<k>.pt checkpoints; run the table stage first")
     data = load_mmrec(Path(DATASETS_DIR) / dataset)
-    graphs = load_graphs(Path(GRAPHS_DIR) / dataset, device)
-    record = evaluate_checkpoint(checkpoint, data, graphs, robustness, device)
-    write_json(output_path, record)
-    log.info("%s on %s: test recall@20 %s", record["model"], dataset,
-             ", ".join(f"{name} {m['recall@20']:.4f}" for name, m in record["conditions"].items()))
-    return record
+    records = []
+    with staged_directory(output_dir) as staged:
+        for path in checkpoints:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            train_cfg = checkpoint["config"]["train"]
+            configure_runtime(int(train_cfg["threads"]))
+            device = resolve_device(train_cfg["device"])
+            graphs = load_graphs(Path(GRAPHS_DIR) / dataset, device)
+            record = evaluate_checkpoint(checkpoint, data, graphs, robustness, device)
+            write_json(staged / f"{path.stem}.json", record)
+            log.info("%s seed %d on %s: test recall@20 %s", record["model"], record["seed"], dataset,
+                     ", ".join(f"{name} {m['recall@20']:.4f}" for name, m in record["conditions"].items()))
+            records.append(record)
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, required=True, help="folder of seed<k>.pt checkpoints")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the seed<k>.json records")
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        run(args.dataset, args.checkpoint, args.output)
+        run(args.dataset, args.checkpoints, args.output)
     except (ConfigError, UnknownModelError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
