@@ -40,6 +40,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def prepare_dataset(size: str, params: dict, cache_dir: Path) -> Path:
     (staging / "config.json").write_text(key + "\n")
     (staging / "ready").write_text(f"built in {time.perf_counter() - tick:.1f}s\n")
     if folder.exists():  # a concurrent run finished first
+        shutil.rmtree(staging)
         return folder
     staging.rename(folder)
     return folder
@@ -266,6 +268,7 @@ def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> d
     device = resolve_device(args.device)
     configure_runtime(args.threads)
     torch.set_flush_denormal(args.denormals == "flush")
+    torch.set_float32_matmul_precision(args.matmul_precision)
     cfg = experiment_config(read_params(ROOT / "params.yaml"), model, "benchmark")
     data = load_mmrec(folder / "data")
     graphs = load_graphs_cache(folder, device)
@@ -322,6 +325,7 @@ def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> d
         "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "flush_denormal": args.denormals == "flush",
+        "matmul_precision": torch.get_float32_matmul_precision(),
         "batch_size": cfg.train.batch_size,
         "batches_per_epoch": math.ceil(len(rows) / cfg.train.batch_size),
     }
@@ -357,7 +361,8 @@ def run_in_process(model: str, folder: Path, args: argparse.Namespace) -> dict:
 
 def worker_flags(args: argparse.Namespace) -> list[str]:
     return ["--device", args.device, "--epochs", str(args.epochs), "--warmup", str(args.warmup),
-            "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--denormals", args.denormals]
+            "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--denormals", args.denormals,
+            "--matmul-precision", args.matmul_precision]
 
 
 # ---------------------------------------------------------------- floors and report
@@ -466,6 +471,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
     parser.add_argument("--denormals", choices=("flush", "keep"), default="flush",
                         help="flush subnormal floats to zero (the trainer's setting) or keep them")
+    parser.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default="highest",
+                        help="torch.set_float32_matmul_precision for the models (a lever to measure, not what the "
+                             "pipeline does: 'medium' lets oneDNN/cuBLAS use bf16/TF32 inside float32 products; "
+                             "default highest = exact float32)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every combination in this process (for CUDA; CPU peak RSS is then not per model)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per combination (isolated)")
@@ -561,7 +570,8 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
 
     print(f"\n{args.size} set: {w.n_users} users, {w.n_items} items, {w.n_train} train rows "
           f"({-(-w.n_train // batch_size)} batches of {batch_size}), {n_eval_users} validation users; "
-          f"device {device}, {machine['torch_threads']} threads, denormals {args.denormals}; "
+          f"device {device}, {machine['torch_threads']} threads, denormals {args.denormals}, "
+          f"matmul precision {args.matmul_precision}; "
           f"{args.warmup} warm-up + {args.epochs} timed epochs, {args.eval_repeats} timed evaluations")
     print(format_machine(before, after))
     print(f"floors use {best['best_gflops']:.0f} GFLOP/s and {best['copy_gbs']:.1f} GB/s (the best readings); "

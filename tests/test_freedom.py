@@ -25,7 +25,7 @@ def dense_knn(knn: torch.Tensor, n_items: int) -> torch.Tensor:
     return a / knn.shape[1]
 
 
-def dense_propagate(model, graphs, adj: torch.Tensor, image_weight=0.1):
+def dense_propagate(model, graphs, adj: torch.Tensor, image_weight: float):
     """(users, items) with dense matrices: mean of LightGCN layers; items + mm_adj^L · item ids."""
     mm = image_weight * dense_knn(graphs.knn["image"], graphs.n_items) + (1 - image_weight) * dense_knn(
         graphs.knn["text"], graphs.n_items
@@ -42,9 +42,9 @@ def dense_propagate(model, graphs, adj: torch.Tensor, image_weight=0.1):
     return mean[: graphs.n_users], mean[graphs.n_users :] + h
 
 
-def dense_loss(model, graphs, batch):
+def dense_loss(model, graphs, batch, image_weight: float):
     """BPR(Ē_u, Ē_p, Ē_n) + reg_weight·[BPR(Ē_u, T_p, T_n) + BPR(Ē_u, V_p, V_n)], T, V over all items."""
-    users, items = dense_propagate(model, graphs, model.masked_adj.to_dense())
+    users, items = dense_propagate(model, graphs, model.masked_adj.to_dense(), image_weight)
     u = users[batch.users]
 
     def bpr(table):
@@ -64,17 +64,18 @@ def params_and_grads(loss, model):
 def test_loss_and_gradients_match_dense_computation_on_the_pruned_graph(
     reg_weight, tiny_data, tiny_graphs, make_config
 ):
-    model = build_model(make_config("FREEDOM", model_params={"reg_weight": reg_weight}), tiny_data, tiny_graphs)
+    cfg = make_config("FREEDOM", model_params={"reg_weight": reg_weight, "mm_image_weight": 0.3})
+    model = build_model(cfg, tiny_data, tiny_graphs)
     model.pre_epoch(torch.Generator().manual_seed(0))
     batch = make_batch(tiny_data)
-    loss, expected = model.loss(batch), dense_loss(model, tiny_graphs, batch)
+    loss, expected = model.loss(batch), dense_loss(model, tiny_graphs, batch, image_weight=0.3)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     for got, want in zip(params_and_grads(loss, model), params_and_grads(expected, model)):
         assert got is not None and torch.allclose(got, want, rtol=1e-4, atol=1e-8)
 
 
 def test_pre_epoch_prunes_the_requested_share_of_distinct_edges(tiny_data, tiny_graphs, make_config):
-    model = build_model(make_config("FREEDOM"), tiny_data, tiny_graphs)
+    model = build_model(make_config("FREEDOM", model_params={"dropout": 0.8}), tiny_data, tiny_graphs)
     n_edges = len(np.unique(tiny_data.train.users * tiny_data.n_items + tiny_data.train.items))
     full = tiny_graphs.norm_adj.to_dense()
     assert torch.equal(model.masked_adj.to_dense(), full)  # before the first pre_epoch
@@ -96,12 +97,12 @@ def test_no_pruning_with_dropout_zero(tiny_data, tiny_graphs, make_config):
 
 
 def test_training_uses_the_pruned_graph_and_prediction_the_full_one(tiny_data, tiny_graphs, make_config):
-    model = build_model(make_config("FREEDOM"), tiny_data, tiny_graphs)
+    model = build_model(make_config("FREEDOM", model_params={"mm_image_weight": 0.1}), tiny_data, tiny_graphs)
     model.pre_epoch(torch.Generator().manual_seed(0))
     users = torch.arange(tiny_data.n_users)
     with torch.no_grad():
-        full_u, full_i = dense_propagate(model, tiny_graphs, tiny_graphs.norm_adj.to_dense())
-        pruned_u, pruned_i = dense_propagate(model, tiny_graphs, model.masked_adj.to_dense())
+        full_u, full_i = dense_propagate(model, tiny_graphs, tiny_graphs.norm_adj.to_dense(), 0.1)
+        pruned_u, pruned_i = dense_propagate(model, tiny_graphs, model.masked_adj.to_dense(), 0.1)
     scores = model.scorer()(users)
     assert torch.allclose(scores, full_u @ full_i.T, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(scores, pruned_u @ pruned_i.T, rtol=1e-4, atol=1e-6)
@@ -122,10 +123,11 @@ def test_raw_features_are_fine_tuned_without_touching_the_dataset(tiny_data, tin
 
 
 def test_reg_weight_zero_skips_the_feature_terms(tiny_data, tiny_graphs, make_config):
-    model = build_model(make_config("FREEDOM", model_params={"reg_weight": 0.0}), tiny_data, tiny_graphs)
+    cfg = make_config("FREEDOM", model_params={"reg_weight": 0.0, "mm_image_weight": 0.1})
+    model = build_model(cfg, tiny_data, tiny_graphs)
     batch = make_batch(tiny_data)
     loss = model.loss(batch)
-    assert loss.item() == pytest.approx(dense_loss(model, tiny_graphs, batch).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(dense_loss(model, tiny_graphs, batch, 0.1).item(), rel=1e-6)
     loss.backward()
     for p in (model.text_features, model.image_features, *model.text_trs.parameters(), *model.image_trs.parameters()):
         assert p.grad is None

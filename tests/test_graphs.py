@@ -144,7 +144,8 @@ def test_degree_sensitive_pruning_keeps_exactly_n_edges_symmetric_and_renormalis
     weights = edge_norm_values(users, items, n_users, n_items)
     assert torch.allclose(weights[:100], torch.full((100,), 0.1)) and torch.allclose(weights[100:], torch.ones(10))
     for n_keep in (1, 17, 110):
-        adj = degree_sensitive_adj(users, items, weights, n_users, n_items, n_keep, torch.Generator().manual_seed(n_keep))
+        generator = torch.Generator().manual_seed(n_keep)
+        adj = degree_sensitive_adj(users, items, weights, n_users, n_items, n_keep, generator)
         dense = adj.to_dense().double()
         assert adj._nnz() == 2 * n_keep
         assert torch.equal(dense, dense.T)

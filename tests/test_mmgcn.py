@@ -52,11 +52,11 @@ def test_mean_aggregation_matches_dense_computation(tiny_data, tiny_graphs, make
     x = torch.randn(n_nodes, 5, dtype=torch.float64, requires_grad=True)
     out = model.edges.aggregate(model.mean_weights.double(), x)
     expected = dense @ x
-    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.allclose(out, expected, atol=1e-6)  # the model's weights are float32
     assert (out[isolated] == 0).all()
     upstream = torch.randn(n_nodes, 5, dtype=torch.float64)
     (grad,) = torch.autograd.grad((out * upstream).sum(), x)
-    assert torch.allclose(grad, dense.T @ upstream, atol=1e-12)
+    assert torch.allclose(grad, dense.T @ upstream, atol=1e-6)
 
 
 def test_representation_matches_dense_reference(tiny_data, tiny_graphs, make_config):

@@ -73,7 +73,7 @@ class _Context:
     item_targets: torch.Tensor  # [B, d] dropout targets of the batch's items (no gradient)
     site_rows: torch.Tensor | None  # rows of the batch's distinct items in the site tensors (None: all rows)
     rows: torch.Tensor  # [B] index of each batch item among the distinct ones
-    views: bool  # False reproduces the reference BM3c, which discards its consistency loss
+    keep_views: bool  # False reproduces the reference BM3c, which discards its consistency loss
 
 
 class BM3(Recommender):
@@ -98,7 +98,8 @@ class BM3(Recommender):
     predicted features and their targets, softmaxed over the d dimensions. The reference BM3a
     also adds 0.01·N(0, 1) to both id tables after initialisation; we do not (an init detail).
     Target dropout follows the module's training mode (the reference's is always on, but its
-    loss only runs in training).
+    loss only runs in training). Scores use id embeddings only: the features shape them through
+    training, so perturbing `item_features()` after training leaves the scores unchanged.
     """
 
     needs_negatives = False
@@ -194,7 +195,7 @@ class BM3(Recommender):
         loss = self.cl_weight * feature_loss
         if not noisy:
             loss = context.id_loss + loss
-        return PassOutput(loss, views if with_views and context.views else [])
+        return PassOutput(loss, views if with_views and context.keep_views else [])
 
     def scorer(self):
         with torch.no_grad():

@@ -77,7 +77,9 @@ class FREEDOM(Recommender):
     Items: Ē_i + h with h = mm_adj^L · item ids over the frozen kNN item graph; users: Ē_u, from
     LightGCN over the degree-pruned graph (training, resampled in `pre_epoch`) or the full Â
     (prediction). The fine-tuned raw features reach the ranking only through the auxiliary loss
-    reg_weight·[BPR(Ē_u, T_p, T_n) + BPR(Ē_u, V_p, V_n)], T/V = text_trs/image_trs(raw).
+    reg_weight·[BPR(Ē_u, T_p, T_n) + BPR(Ē_u, V_p, V_n)], T/V = text_trs/image_trs(raw), and the
+    kNN graph built once from the initial features: perturbing `item_features()` after training
+    leaves the scores unchanged.
 
     Args:
         data: the dataset (id counts and the initial item features, copied into parameters).
@@ -133,7 +135,8 @@ class FREEDOM(Recommender):
         self.n_keep = int(len(users) * (1.0 - dropout))
         self.register_buffer("edge_users", users, persistent=False)
         self.register_buffer("edge_items", items, persistent=False)
-        self.register_buffer("edge_weights", edge_norm_values(users, items, data.n_users, data.n_items), persistent=False)
+        weights = edge_norm_values(users, items, data.n_users, data.n_items)  # pruning odds ∝ 1/√(deg_u·deg_i)
+        self.register_buffer("edge_weights", weights, persistent=False)
         self.register_buffer("norm_adj", to_csr(graphs.norm_adj), persistent=False)
         # Training uses the full Â until the first `pre_epoch` prunes it.
         self.register_buffer("masked_adj", self.norm_adj, persistent=False)
