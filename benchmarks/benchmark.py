@@ -22,7 +22,9 @@ What it does:
      evaluations of the validation split (scorer + Evaluator.evaluate, as the trainer does per epoch).
   4. Prints a table and writes JSON (default benchmarks/results/<device>[-small].json).
 
-Columns: epoch s = median seconds per training epoch [min-max]; ref s = the reference
+Columns: epoch s = median seconds per training epoch [min-max]; cpu s = median CPU seconds of the
+process per epoch, all threads (with --threads 1 on a busy machine: the epoch's work without the
+wait for a CPU; with several threads it also counts their spin-waits); ref s = the reference
 implementation's seconds per epoch on the Baby-sized set (2-core CPU, torch 2.13, 2 threads;
 SPEC §7), comparable only for --size baby on a 2-core CPU; speed-up = ref (low end) / ours;
 floor s = unavoidable matrix-product FLOPs / best measured matmul rate + Adam's minimal memory
@@ -231,6 +233,17 @@ def machine_description(device: torch.device) -> dict:
 # ---------------------------------------------------------------- one combination
 
 
+def apply_runtime(args: argparse.Namespace) -> None:
+    """The trainer's process settings (configure_runtime), with this run's lever overrides."""
+    if args.malloc == "reuse":
+        configure_runtime(args.threads)
+    elif args.threads > 0:  # configure_runtime without its malloc setting
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(args.denormals == "flush")
+    torch.set_float32_matmul_precision(args.matmul_precision)
+
+
+
 def _proc_status_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -266,9 +279,7 @@ def peak_rss_mb() -> float:
 def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> dict:
     """Time `args.epochs` training epochs (after `args.warmup`) and `args.eval_repeats` evaluations."""
     device = resolve_device(args.device)
-    configure_runtime(args.threads)
-    torch.set_flush_denormal(args.denormals == "flush")
-    torch.set_float32_matmul_precision(args.matmul_precision)
+    apply_runtime(args)
     cfg = experiment_config(read_params(ROOT / "params.yaml"), model, "benchmark")
     data = load_mmrec(folder / "data")
     graphs = load_graphs_cache(folder, device)
@@ -286,12 +297,12 @@ def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> d
     rows = TrainRows(data, device, with_negatives=objective.needs_negatives)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    def epoch() -> tuple[float, float]:
+    def epoch() -> tuple[float, float, float]:
         _sync(device)
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         loss = train_epoch(objective, optimizer, rows, cfg.train.batch_size, generator)
         _sync(device)
-        return time.perf_counter() - tick, loss
+        return time.perf_counter() - tick, time.process_time() - cpu_tick, loss
 
     warmup = [epoch() for _ in range(args.warmup)]
     timed = [epoch() for _ in range(args.epochs)]
@@ -306,17 +317,20 @@ def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> d
 
     evaluation()  # warm-up
     evals = [evaluation() for _ in range(args.eval_repeats)]
-    epoch_seconds = [s for s, _ in timed]
+    epoch_seconds = [s for s, _, _ in timed]
+    epoch_cpu_seconds = [c for _, c, _ in timed]
     eval_seconds = [s for s, _ in evals]
     return {
         "model": model,
         "status": "ok",
-        "warmup_seconds": [round(s, 4) for s, _ in warmup],
+        "warmup_seconds": [round(s, 4) for s, _, _ in warmup],
         "epoch_seconds": [round(s, 4) for s in epoch_seconds],
         "median_epoch_seconds": statistics.median(epoch_seconds),
+        "epoch_cpu_seconds": [round(c, 4) for c in epoch_cpu_seconds],
+        "median_epoch_cpu_seconds": statistics.median(epoch_cpu_seconds),
         "eval_seconds": [round(s, 4) for s in eval_seconds],
         "median_eval_seconds": statistics.median(eval_seconds),
-        "train_losses": [loss for _, loss in warmup + timed],
+        "train_losses": [loss for _, _, loss in warmup + timed],
         f"valid_{cfg.eval.valid_metric}": evals[-1][1],
         "n_parameters": sum(p.numel() for p in objective.parameters() if p.requires_grad),
         "peak_rss_mb": max(peak_rss_mb(), peak_before_model),
@@ -326,6 +340,7 @@ def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> d
         "threads": torch.get_num_threads(),
         "flush_denormal": args.denormals == "flush",
         "matmul_precision": torch.get_float32_matmul_precision(),
+        "malloc": args.malloc,
         "batch_size": cfg.train.batch_size,
         "batches_per_epoch": math.ceil(len(rows) / cfg.train.batch_size),
     }
@@ -362,7 +377,7 @@ def run_in_process(model: str, folder: Path, args: argparse.Namespace) -> dict:
 def worker_flags(args: argparse.Namespace) -> list[str]:
     return ["--device", args.device, "--epochs", str(args.epochs), "--warmup", str(args.warmup),
             "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--denormals", args.denormals,
-            "--matmul-precision", args.matmul_precision]
+            "--matmul-precision", args.matmul_precision, "--malloc", args.malloc]
 
 
 # ---------------------------------------------------------------- floors and report
@@ -411,12 +426,12 @@ def _fmt_ref(ref) -> str:
 
 def format_table(results: list[dict]) -> str:
     """The report table, one row per combination."""
-    header = ("model", "epoch s [min-max]", "ref s", "speed-up", "floor s", "x floor", "eval s", "peak MB",
+    header = ("model", "epoch s [min-max]", "cpu s", "ref s", "speed-up", "floor s", "x floor", "eval s", "peak MB",
               "+model MB")
     rows = [header]
     for r in results:
         if r.get("status") != "ok":
-            rows.append((r["model"], r.get("status", "?"), _fmt_ref(r.get("reference_epoch_seconds")),
+            rows.append((r["model"], r.get("status", "?"), "", _fmt_ref(r.get("reference_epoch_seconds")),
                          "", "", "", "", "", ""))
             continue
         times = r["epoch_seconds"]
@@ -429,6 +444,7 @@ def format_table(results: list[dict]) -> str:
         rows.append((
             r["model"],
             f"{r['median_epoch_seconds']:.2f} [{min(times):.2f}-{max(times):.2f}]",
+            f"{r['median_epoch_cpu_seconds']:.2f}",
             _fmt_ref(r.get("reference_epoch_seconds")),
             speed_s,
             "-" if floor is None else f"{floor['seconds']:.2f}",
@@ -475,6 +491,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch.set_float32_matmul_precision for the models (a lever to measure, not what the "
                              "pipeline does: 'medium' lets oneDNN/cuBLAS use bf16/TF32 inside float32 products; "
                              "default highest = exact float32)")
+    parser.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+                        help="reuse: the trainer's setting (glibc keeps freed memory for reuse); system: glibc's "
+                             "default, every large tensor a fresh mmap (to measure that lever)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every combination in this process (for CUDA; CPU peak RSS is then not per model)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per combination (isolated)")
@@ -571,7 +590,7 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     print(f"\n{args.size} set: {w.n_users} users, {w.n_items} items, {w.n_train} train rows "
           f"({-(-w.n_train // batch_size)} batches of {batch_size}), {n_eval_users} validation users; "
           f"device {device}, {machine['torch_threads']} threads, denormals {args.denormals}, "
-          f"matmul precision {args.matmul_precision}; "
+          f"matmul precision {args.matmul_precision}, malloc {args.malloc}; "
           f"{args.warmup} warm-up + {args.epochs} timed epochs, {args.eval_repeats} timed evaluations")
     print(format_machine(before, after))
     print(f"floors use {best['best_gflops']:.0f} GFLOP/s and {best['copy_gbs']:.1f} GB/s (the best readings); "
@@ -587,8 +606,7 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
 
 def run_training(args: argparse.Namespace, params: dict, folder: Path, device: torch.device) -> int:
     """A full early-stopped training of `args.train` (params.yaml's settings, at most --max-epochs)."""
-    configure_runtime(args.threads)
-    torch.set_flush_denormal(args.denormals == "flush")
+    apply_runtime(args)
     cfg = experiment_config(params, args.train, "benchmark")
     cfg = replace(cfg, train=replace(cfg.train, epochs=args.max_epochs, device=str(device)))
     data = load_mmrec(folder / "data")
@@ -596,10 +614,14 @@ def run_training(args: argparse.Namespace, params: dict, folder: Path, device: t
     torch.manual_seed(cfg.seed)
     objective = build_model(cfg, data, graphs)
     epochs = []
+    output = args.output or _default_output(device, args.size, stem=f"train-{args.train}-")
+    progress = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "model": args.train, "size": args.size,
+                "device": str(device), "status": "running", "epochs": epochs}
 
     def on_epoch(e) -> None:
         epochs.append({"epoch": e.epoch, "seconds": round(e.seconds, 4), "loss": e.train_loss,
                        cfg.eval.valid_metric: e.valid[cfg.eval.valid_metric], "improved": e.improved})
+        _write_json(output, progress)  # a run stopped by a time cap keeps its curve
         print(f"epoch {e.epoch:4d}  {e.seconds:7.3f}s  loss {e.train_loss:.5f}  "
               f"valid {cfg.eval.valid_metric} {e.valid[cfg.eval.valid_metric]:.5f}{'  *' if e.improved else ''}",
               file=sys.stderr, flush=True)
@@ -625,7 +647,6 @@ def run_training(args: argparse.Namespace, params: dict, folder: Path, device: t
         "test": result.test,
         "epochs": epochs,
     }
-    output = args.output or _default_output(device, args.size, stem=f"train-{args.train}-")
     _write_json(output, report)
     print(f"{args.train} on the {args.size} set ({device}): {result.status} after {result.epochs_run} epochs "
           f"(best {result.best_epoch}), {result.train_seconds:.1f}s, {report['seconds_per_epoch']:.3f}s/epoch "
@@ -642,8 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     device = resolve_device(args.device)
-    configure_runtime(args.threads)
-    torch.set_flush_denormal(args.denormals == "flush")
+    apply_runtime(args)
+    torch.set_float32_matmul_precision("highest")  # the machine's rates: exact float32 products
     params = read_params(ROOT / "params.yaml")
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     print(f"preparing the {args.size} dataset in {args.cache_dir} ...", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ this machine can beat. Rules:
   rows) needs every item; graph models need every node, every batch, because a node's
   representation depends on its neighbours;
 - products that are shared between passes are counted once (DVIB's clean and noisy VBPR score
-  matrices share the id half ⟨θ_u, γ_i⟩);
+  matrices share the id half ⟨θ_u, γ_i⟩; the pipeline recomputes it, which measured faster);
 - not counted: element-wise work (activations, softmax, the divergence, normalisations), sampling,
   gathers, and the optimiser. The optimiser's memory traffic is a separate floor in the benchmark
   (bytes Adam must touch / measured bandwidth).

@@ -22,6 +22,9 @@ not the wait). Levers:
   adam        one Adam step over BM3/FREEDOM's 31.6 M trainable parameters: torch's default
               implementation vs foreach vs fused
   spmm        Â @ X (N × N, 2·pairs entries, X [N, 64]) with COO vs CSR layout
+  malloc      out-of-place element-wise ops on a B × I tensor and the JS divergence, forward +
+              backward, in a fresh process each: glibc's default (every large tensor a fresh mmap)
+              vs pipeline.trainer.reuse_freed_memory (freed memory kept for reuse)
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.dvib import js_divergence, upstream_divergence  # noqa: E402
+from pipeline.trainer import reuse_freed_memory  # noqa: E402
 
 USERS, ITEMS, BATCH, IMAGE, TEXT, D = 19445, 7050, 2048, 4096, 384, 64
 PAIRS = 128_000  # distinct train pairs of the Baby-sized set (about 0.8 × 160,000)
@@ -223,6 +228,27 @@ def lever_spmm(g, repeats):
     return compare({"COO @ X": lambda: torch.sparse.mm(coo, x), "CSR @ X": lambda: csr @ x}, repeats)
 
 
+def malloc_probe(repeats: int) -> dict:
+    """The `malloc` lever's measurements in this process (run in a fresh process per setting)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(BATCH, ITEMS, generator=g)
+    b = torch.randn(BATCH, ITEMS, generator=g)
+    pa, pb = a.clone().requires_grad_(), b.clone().requires_grad_()
+    return compare({"a + b (B x I)": lambda: a + b, "exp(a)": lambda: a.exp(),
+                    "js divergence fwd+bwd": lambda: js_divergence(pa, pb).backward()}, repeats)
+
+
+def lever_malloc(g, repeats):
+    out = {}
+    for setting in ("system", "reuse"):
+        command = [sys.executable, str(Path(__file__).resolve()), "--malloc-probe", setting,
+                   "--repeats", str(repeats), "--clock", "cpu" if clock is time.process_time else "wall",
+                   "--threads", str(torch.get_num_threads())]
+        proc = subprocess.run(command, capture_output=True, text=True, check=True)
+        out[setting] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
 LEVERS = {
     "divergence": lever_divergence,
     "vbpr": lever_vbpr,
@@ -231,6 +257,7 @@ LEVERS = {
     "denormals": lever_denormals,
     "adam": lever_adam,
     "spmm": lever_spmm,
+    "malloc": lever_malloc,
 }
 
 
@@ -243,12 +270,18 @@ def main(argv=None) -> int:
                              "excludes time spent waiting for a busy CPU: use it with --threads 1 on a shared machine")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "levers.json")
+    parser.add_argument("--malloc-probe", choices=("system", "reuse"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global clock
     clock = CLOCK[args.clock]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # the trainer's setting (configure_runtime)
+    if args.malloc_probe:  # child of the `malloc` lever
+        if args.malloc_probe == "reuse":
+            reuse_freed_memory()
+        print(json.dumps(malloc_probe(args.repeats)))
+        return 0
     g = torch.Generator().manual_seed(0)
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock}
     for name in args.only or LEVERS:

@@ -5,9 +5,14 @@
 - VBPR projecting only the batch's distinct items in the plain model, against the all-items
   computation, and its DVIB objective against the formulas;
 - the trainer's fused Adam against torch's default Adam;
+- configure_runtime's reuse of freed memory: training with and without it gives the same numbers;
 - the trainer's `train_epoch` (the benchmark's unit) against the training loop.
 """
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,7 +193,8 @@ def test_train_epoch_is_the_training_loop(tiny_data, tiny_graphs, make_config):
 
 def test_fused_adam_follows_default_adam(tiny_data, tiny_graphs, make_config):
     """Same arithmetic, one kernel: trajectories agree to float rounding over many steps."""
-    cfg = make_config("VBPRc", train={"weight_decay": 0.01})
+    cfg = make_config("VBPR", train={"weight_decay": 0.01})
+    batches = [_batch(tiny_data, 64, step) for step in range(8)]
     trained = []
     for fused in (True, False):
         torch.manual_seed(0)
@@ -199,12 +205,52 @@ def test_fused_adam_follows_default_adam(tiny_data, tiny_graphs, make_config):
         else:
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate,
                                          weight_decay=cfg.train.weight_decay)
-        for step in range(60):
-            torch.manual_seed(step)  # the same noise draws in both runs
-            loss = model.loss(_batch(tiny_data, 64, step))
+        for step in range(40):
+            loss = model.loss(batches[step % len(batches)])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         trained.append(model.state_dict())
     for name, value in trained[0].items():
         assert torch.allclose(value, trained[1][name], rtol=1e-5, atol=1e-6), name
+
+
+# ---------------------------------------------------------------- runtime
+
+
+_TRAIN_SCRIPT = """
+import dataclasses, sys, torch
+from pipeline.config import experiment_config, read_params
+from pipeline.dataset import load_mmrec
+from pipeline.graphs import graphs_in_memory
+from pipeline.models import build_model
+from pipeline.trainer import reuse_freed_memory, train
+root, folder = sys.argv[1:3]
+torch.set_num_threads(1)
+torch.set_flush_denormal(True)
+data = load_mmrec(folder)
+graphs = graphs_in_memory(data, knn_k=5)
+for model in ("VBPRc", "FREEDOMa"):
+    cfg = experiment_config(read_params(root + "/params.yaml"), model, "tiny")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cpu", epochs=2, batch_size=128))
+    for malloc in ("system", "reuse"):  # glibc's default first: the setting cannot be undone
+        if malloc == "reuse":
+            assert reuse_freed_memory()
+        torch.manual_seed(0)
+        objective = build_model(cfg, data, graphs)
+        losses = []
+        train(objective, data, cfg, torch.device("cpu"), on_epoch=lambda e: losses.append(e.train_loss))
+        print(model, malloc, repr(losses), repr([float(v.double().sum()) for v in objective.state_dict().values()]))
+"""
+
+
+def test_reusing_freed_memory_changes_no_result(tiny_dir):
+    """configure_runtime's malloc setting hands out recycled (not zeroed) memory: a computation that
+    read memory it never wrote would differ between the two runs (in a fresh process, which starts
+    with glibc's default)."""
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, root, str(tiny_dir)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(out) == 4
+    for system, reuse in (out[0:2], out[2:4]):
+        assert system.split(" ", 2)[2] == reuse.split(" ", 2)[2], (system, reuse)

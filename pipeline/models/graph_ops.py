@@ -142,7 +142,7 @@ class RepresentationCache:
         return tuple((name, t.data_ptr(), t._version) for name, t in sorted(features.items()))
 
     def store(self, representation: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
-        """Keep a detached copy-free reference to `representation` computed from `features`."""
+        """Remember `representation` (detached, not copied), computed from `features`."""
         self._value = representation.detach()
         self._key = self._features_key(features)
 

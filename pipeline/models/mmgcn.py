@@ -29,7 +29,9 @@ class ModalityGCN(nn.Module):
     product whenever X needs no gradient).
     """
 
-    def __init__(self, n_users: int, feature_dim: int, latent_dim: int | None, embedding_size: int, trainable_preference: bool):
+    def __init__(
+        self, n_users: int, feature_dim: int, latent_dim: int | None, embedding_size: int, trainable_preference: bool
+    ):
         super().__init__()
         self.projection = nn.Linear(feature_dim, latent_dim) if latent_dim else None
         in_dim = latent_dim or feature_dim
@@ -49,7 +51,9 @@ class ModalityGCN(nn.Module):
             + [nn.Linear(w + embedding_size, embedding_size) for w in widths[1:]]
         )
 
-    def forward(self, features: torch.Tensor, id_embedding: torch.Tensor, edges: UndirectedEdges, mean_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, id_embedding: torch.Tensor, edges: UndirectedEdges, mean_weights: torch.Tensor
+    ) -> torch.Tensor:
         """Node representations [N, d] from item features [I, feature_dim]."""
         items = self.projection(features) if self.projection is not None else features
         x = F.normalize(torch.cat([self.preference, items]), dim=1)
