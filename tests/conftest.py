@@ -71,6 +71,12 @@ def make_config(params):
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    # Tiny tensors: thread hand-offs cost more than they save, 10-50x on a busy 2-core machine.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -24,6 +24,15 @@ from pipeline.sampling import NegativeSampler
 from pipeline.trainer import TrainRows, make_optimizer, train, train_epoch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster, and immune to a busy machine's OpenMP barrier waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def js_autograd(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """½[KL(P‖M) + KL(Q‖M)] / rows through autograd, formula as written."""
     p, q = p_logits.softmax(-1), q_logits.softmax(-1)
