@@ -1,10 +1,6 @@
-"""BM3: bootstrapped multimodal latent representations, without negatives (SPEC §5.4).
-
-Also holds the LightGCN propagation over a frozen sparse graph that FREEDOM reuses.
-"""
+"""BM3: bootstrapped multimodal latent representations, without negatives (SPEC §5.4)."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,50 +11,7 @@ from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
 from pipeline.models.base import Batch, Recommender
-
-MODALITIES = ("text", "image")
-
-
-def to_csr(adj: torch.Tensor) -> torch.Tensor:
-    """A sparse matrix in CSR layout: sparse × dense products are several times faster than with COO."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return adj.coalesce().to_sparse_csr()
-
-
-class _FrozenSparseMatmul(torch.autograd.Function):
-    """adj @ x for a constant sparse adj; the backward multiplies by a precomputed adjᵀ."""
-
-    @staticmethod
-    def forward(ctx, adj, adj_t, x):
-        ctx.adj_t = adj_t
-        return adj @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, None, ctx.adj_t @ grad
-
-
-def sparse_matmul(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) -> torch.Tensor:
-    """adj @ x with gradient to x only; `adj_t` is adjᵀ (default: adj, i.e. adj is symmetric).
-
-    Autograd through a sparse CSR product would transpose the matrix on every backward; the graphs
-    here are frozen, so the transpose is computed once (or is the matrix itself).
-    """
-    return _FrozenSparseMatmul.apply(adj, adj if adj_t is None else adj_t, x)
-
-
-def light_gcn(
-    adj: torch.Tensor, user_emb: torch.Tensor, item_emb: torch.Tensor, n_layers: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """LightGCN over the symmetric [N, N] graph `adj`: mean of E⁰ … E^L with E^{l+1} = adj E^l."""
-    layer = torch.cat([user_emb, item_emb])
-    total = layer
-    for _ in range(n_layers):
-        layer = sparse_matmul(adj, layer)
-        total = total + layer
-    return (total / (n_layers + 1)).split([user_emb.shape[0], item_emb.shape[0]])
-
+from pipeline.models.graph_ops import MODALITIES, light_gcn, sparse_matmul, to_csr
 
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine similarity of matching rows."""

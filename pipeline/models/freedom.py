@@ -10,7 +10,7 @@ from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs, knn_adjacency
 from pipeline.models.base import Batch, Recommender, bpr_loss
-from pipeline.models.bm3 import MODALITIES, light_gcn, sparse_matmul, to_csr
+from pipeline.models.graph_ops import MODALITIES, light_gcn, sparse_matmul, to_csr
 
 
 def train_edges(norm_adj: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
