@@ -103,3 +103,18 @@ def test_training_is_deterministic_on_cpu(name, tiny_data, tiny_graphs, make_con
     first, second = run(), run()
     assert first.test == second.test and first.valid == second.valid
     assert first.test["recall@20"] >= 0.0
+
+
+@pytest.mark.parametrize("base", list(BASE_MODELS))
+def test_models_never_write_into_the_dataset_arrays(base, tiny_data, tiny_graphs, make_config):
+    image, text = tiny_data.image_features.copy(), tiny_data.text_features.copy()
+    torch.manual_seed(0)
+    trained = build_model(make_config(base), tiny_data, tiny_graphs)
+    with torch.no_grad():
+        for tensor in trained.item_features().values():
+            tensor.mul_(4.0)  # what a perturbation, or a checkpoint of other features, would do
+    state = trained.state_dict()
+    fresh = build_model(make_config(base), tiny_data, tiny_graphs)
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(tiny_data.image_features, image)
+    np.testing.assert_array_equal(tiny_data.text_features, text)

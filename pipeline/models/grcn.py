@@ -79,8 +79,9 @@ class GRCN(Recommender):
         self.cache_prediction = cache_prediction
         self.noisy_edge_relu = noisy_edge_relu
         n_nodes = data.n_users + data.n_items
-        self.register_buffer("image_features", torch.from_numpy(data.image_features))
-        self.register_buffer("text_features", torch.from_numpy(data.text_features))
+        # Input data, not weights: copied (the dataset's arrays stay untouched), kept out of checkpoints.
+        self.register_buffer("image_features", torch.tensor(data.image_features), persistent=False)
+        self.register_buffer("text_features", torch.tensor(data.text_features), persistent=False)
         self.edges = UndirectedEdges(graphs.edge_index, n_nodes)
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, embedding_size)))
         self.preferences = nn.ParameterDict(

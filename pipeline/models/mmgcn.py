@@ -112,8 +112,9 @@ class MMGCN(Recommender):
         self.reg_weight = reg_weight
         self.cache_prediction = cache_prediction
         self.noise_hidden = {"image": tuple(image_noise_hidden), "text": tuple(text_noise_hidden)}
-        self.register_buffer("image_features", torch.from_numpy(data.image_features))
-        self.register_buffer("text_features", torch.from_numpy(data.text_features))
+        # Input data, not weights: copied (the dataset's arrays stay untouched), kept out of checkpoints.
+        self.register_buffer("image_features", torch.tensor(data.image_features), persistent=False)
+        self.register_buffer("text_features", torch.tensor(data.text_features), persistent=False)
         n_nodes = data.n_users + data.n_items
         id_embedding = nn.init.xavier_normal_(torch.empty(n_nodes, embedding_size))
         if trainable_id_and_preference:

@@ -28,8 +28,9 @@ class VBPR(Recommender):
         self.reg_weight = reg_weight
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, 2 * embedding_size)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, embedding_size)))
-        self.register_buffer("text_features", torch.from_numpy(data.text_features))
-        self.register_buffer("image_features", torch.from_numpy(data.image_features))
+        # Input data, not weights: copied (the dataset's arrays stay untouched), kept out of checkpoints.
+        self.register_buffer("text_features", torch.tensor(data.text_features), persistent=False)
+        self.register_buffer("image_features", torch.tensor(data.image_features), persistent=False)
         text_dim, image_dim = data.text_features.shape[1], data.image_features.shape[1]
         self.item_linear = nn.Linear(text_dim + image_dim, embedding_size)
         nn.init.xavier_normal_(self.item_linear.weight)
