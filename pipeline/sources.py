@@ -515,7 +515,7 @@ def manual_instructions(source: DatasetSource, target: Path) -> str:
         f"       {placed}",
         f"     and run: dvc exp run -S dataset={name}",
         f"  3. Or use your own copy on a server or disk: set datasets.{name}.url to an http(s):// or file:// URL",
-        f"     of an archive (.zip, .tar.gz) holding the three files, or of a folder holding them, e.g.",
+        "     of an archive (.zip, .tar.gz) holding the three files, or of a folder holding them, e.g.",
         f"       dvc exp run -S dataset={name} -S datasets.{name}.url=https://example.org/mmrec/{name}.zip",
         "Every copy is checked against data/checksums.json and validated before use.",
     ]

@@ -65,5 +65,10 @@ def build_model(cfg: ExperimentConfig, data: InteractionData, graphs: Graphs | N
             + (f"missing key(s) {missing}; " if missing else "")
             + f"expected {expected}"
         )
+    if graphs is not None and (graphs.n_users, graphs.n_items) != (data.n_users, data.n_items):
+        raise ValueError(
+            f"graphs are for {graphs.n_users} users / {graphs.n_items} items but the dataset has "
+            f"{data.n_users} / {data.n_items}: rebuild the graphs stage"
+        )
     model = cls(data, graphs, **cfg.model_params)
     return DVIB(model, variant, cfg.dvib) if variant else model

@@ -11,7 +11,7 @@ from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
 from pipeline.models.base import Batch, Recommender
-from pipeline.models.graph_ops import MODALITIES, light_gcn, sparse_matmul, to_csr
+from pipeline.models.graph_ops import MODALITIES, light_gcn, to_csr
 
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine similarity of matching rows."""

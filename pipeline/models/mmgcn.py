@@ -103,11 +103,6 @@ class MMGCN(Recommender):
         super().__init__()
         if graphs is None:
             raise ValueError("MMGCN needs the graph artefacts (edge_index); got graphs=None")
-        if (graphs.n_users, graphs.n_items) != (data.n_users, data.n_items):
-            raise ValueError(
-                f"graphs are for {graphs.n_users} users / {graphs.n_items} items but the dataset has "
-                f"{data.n_users} / {data.n_items}: rebuild the graphs stage"
-            )
         self.n_users, self.n_items = data.n_users, data.n_items
         self.reg_weight = reg_weight
         self.cache_prediction = cache_prediction

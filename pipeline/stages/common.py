@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from pipeline.config import section
+from pipeline.config import ConfigError, section
+from pipeline.dataset import DatasetError
 
 DATASETS_DIR = "data/datasets"
 GRAPHS_DIR = "data/graphs"
@@ -18,3 +20,15 @@ def needed_datasets(params) -> list[str]:
     """The selected `dataset` followed by the full table's datasets, without repeats."""
     names = [section(params, "dataset"), *section(params, "table.datasets")]
     return list(dict.fromkeys(names))
+
+
+def run_stage(body: Callable[[], object], log: logging.Logger) -> int:
+    """Run a stage body; a configuration, dataset or missing-input error becomes one logged line and exit 1."""
+    from pipeline.models import UnknownModelError  # local: the registry imports torch
+
+    try:
+        body()
+    except (ConfigError, DatasetError, UnknownModelError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

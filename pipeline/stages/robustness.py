@@ -28,9 +28,9 @@ from pipeline.dataset import InteractionData, load_mmrec
 from pipeline.dvib import DVIB
 from pipeline.evaluation import Evaluator
 from pipeline.graphs import Graphs, load_graphs
-from pipeline.models import UnknownModelError, build_model, parse_model_name
+from pipeline.models import build_model, parse_model_name
 from pipeline.robustness import conditions_from_params, evaluate_conditions, scores_respond_to_features
-from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, setup_logging
+from pipeline.stages.common import run_stage, DATASETS_DIR, GRAPHS_DIR, setup_logging
 from pipeline.trainer import configure_runtime, resolve_device
 
 log = logging.getLogger("pipeline.stages.robustness")
@@ -125,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="folder for the seed<k>.json records")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        run(args.dataset, args.checkpoints, args.output)
-    except (ConfigError, UnknownModelError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+    return run_stage(lambda: run(args.dataset, args.checkpoints, args.output), log)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.config import ConfigError, read_params, section
-from pipeline.models import UnknownModelError
 from pipeline.report import mean_std
 from pipeline.stages import train
-from pipeline.stages.common import setup_logging
+from pipeline.stages.common import run_stage, setup_logging
 
 log = logging.getLogger("pipeline.stages.table")
 
@@ -70,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True)
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        run(args.model, args.dataset)
-    except (ConfigError, UnknownModelError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+    return run_stage(lambda: run(args.model, args.dataset), log)
 
 
 if __name__ == "__main__":

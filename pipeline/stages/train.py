@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from pipeline.atomic import save_torch, staged_directory, write_json
-from pipeline.config import ConfigError, experiment_config, read_params
+from pipeline.config import experiment_config, read_params
 from pipeline.dataset import InteractionData, load_mmrec
 from pipeline.graphs import load_graphs
-from pipeline.models import UnknownModelError, build_model
-from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, setup_logging
+from pipeline.models import build_model
+from pipeline.stages.common import run_stage, DATASETS_DIR, GRAPHS_DIR, setup_logging
 from pipeline.trainer import configure_runtime, resolve_device, train
 
 log = logging.getLogger("pipeline.stages.train")
@@ -96,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="overrides params.yaml's seed")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        run(args.model, args.dataset, args.metrics, args.checkpoint, args.curves, args.seed)
-    except (ConfigError, UnknownModelError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+    return run_stage(lambda: run(args.model, args.dataset, args.metrics, args.checkpoint, args.curves, args.seed), log)
 
 
 if __name__ == "__main__":
