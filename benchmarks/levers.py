@@ -19,7 +19,7 @@ not the wait). Levers:
               fewer FLOPs, but measured slower: rejected)
   threads     torch.mm and the divergence with 1 thread vs torch's default
   denormals   exp/mul over a tensor full of subnormal results, flush-to-zero off vs on
-  adam        one Adam step over BM3/FREEDOM's 31.6 M trainable parameters: torch's default
+  adam        one Adam step over BM3/FREEDOM-sized trainable parameters (~33.6 M): torch's default
               implementation vs foreach vs fused
   spmm        Â @ X (N × N, 2·pairs entries, X [N, 64]) with COO vs CSR layout
   malloc      out-of-place element-wise ops on a B × I tensor and the JS divergence, forward +
@@ -222,7 +222,7 @@ def lever_spmm(g, repeats):
     u = torch.randint(USERS, (PAIRS,), generator=g)
     i = torch.randint(ITEMS, (PAIRS,), generator=g) + USERS
     idx = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
-    coo = torch.sparse_coo_tensor(idx, torch.rand(2 * PAIRS, generator=g), (n, n)).coalesce()
+    coo = torch.sparse_coo_tensor(idx, torch.rand(2 * PAIRS, generator=g), (n, n), check_invariants=True).coalesce()
     csr = coo.to_sparse_csr()
     x = torch.randn(n, D, generator=g)
     return compare({"COO @ X": lambda: torch.sparse.mm(coo, x), "CSR @ X": lambda: csr @ x}, repeats)
