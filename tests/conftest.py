@@ -10,6 +10,8 @@ import torch
 from pipeline.config import SyntheticConfig, experiment_config, read_params
 from pipeline.dataset import load_mmrec
 from pipeline.graphs import graphs_in_memory
+from pipeline.models.base import Batch
+from pipeline.sampling import NegativeSampler
 from pipeline.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +82,12 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def make_batch(data, size=96, seed=0) -> Batch:
+    """A seeded training batch of `size` train rows with sampled negatives."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(data.train), generator=g)[:size]
+    users = torch.as_tensor(data.train.users)[rows]
+    negatives = NegativeSampler(data.train, data.n_items, "cpu").sample(users, g)
+    return Batch(users, torch.as_tensor(data.train.items)[rows], negatives)

@@ -4,19 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from conftest import make_batch
 import torch.nn.functional as F
 
 from pipeline.models import build_model
-from pipeline.models.base import Batch
-from pipeline.sampling import NegativeSampler
 
-
-def make_batch(data, size=96, seed=0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(data.train), generator=g)[:size]
-    users = torch.as_tensor(data.train.users)[rows]
-    negatives = NegativeSampler(data.train, data.n_items, "cpu").sample(users, g)
-    return Batch(users, torch.as_tensor(data.train.items)[rows], negatives)
 
 
 def dense_knn(knn: torch.Tensor, n_items: int) -> torch.Tensor:

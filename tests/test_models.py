@@ -7,19 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_batch
 from pipeline.dvib import DVIB
 from pipeline.models import BASE_MODELS, build_model, model_names
-from pipeline.models.base import Batch
-from pipeline.sampling import NegativeSampler
 from pipeline.trainer import train
 
-
-def make_batch(data, size=96, seed=0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(data.train), generator=g)[:size]
-    users = torch.as_tensor(data.train.users)[rows]
-    negatives = NegativeSampler(data.train, data.n_items, "cpu").sample(users, g)
-    return Batch(users, torch.as_tensor(data.train.items)[rows], negatives)
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -22,6 +22,8 @@ import warnings
 import torch
 from torch import nn
 
+from pipeline.models.base import bpr_loss
+
 
 class UndirectedEdges(nn.Module):
     """Symmetric CSR pattern of the undirected train graph: entry (t, s) = an edge s → t.
@@ -203,3 +205,18 @@ def light_gcn(
         layer = sparse_matmul(adj, layer)
         total = total + layer
     return (total / (n_layers + 1)).split([user_emb.shape[0], item_emb.shape[0]])
+
+
+def node_bpr_with_id_reg(
+    rep: torch.Tensor, id_embedding: torch.Tensor, users: torch.Tensor, pos_items: torch.Tensor,
+    neg_items: torch.Tensor, n_users: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(users' rows of rep, BPR loss over node representations, the reference's id regulariser):
+    the mean over the (user, item) pairs [u, pos], [u, neg] of E_u² + E_item² (MMGCN, GRCN)."""
+    user_rep = rep[users]
+    pos_nodes, neg_nodes = pos_items + n_users, neg_items + n_users
+    bpr = bpr_loss((user_rep * rep[pos_nodes]).sum(1), (user_rep * rep[neg_nodes]).sum(1))
+    reg = id_embedding[users].square().mean() + 0.5 * (
+        id_embedding[pos_nodes].square().mean() + id_embedding[neg_nodes].square().mean()
+    )
+    return user_rep, bpr, reg

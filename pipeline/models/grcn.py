@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, bpr_loss
-from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges
+from pipeline.models.base import Batch, Recommender
+from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges, node_bpr_with_id_reg
 
 MODALITIES = ("image", "text")
 
@@ -136,12 +136,9 @@ class GRCN(Recommender):
         rep = self.representation_from(hidden, context, noisy)
         if not noisy:
             self._cache.store(rep, self.item_features())
-        users = rep[batch.users]
-        pos_nodes, neg_nodes = batch.pos_items + self.n_users, batch.neg_items + self.n_users
-        loss = bpr_loss((users * rep[pos_nodes]).sum(1), (users * rep[neg_nodes]).sum(1))
-        ids = self.id_embedding
-        # mean over the reference's (user, item) pairs [u, pos], [u, neg] of E_u² + E_item²
-        reg = ids[batch.users].square().mean() + 0.5 * (ids[pos_nodes].square().mean() + ids[neg_nodes].square().mean())
+        users, loss, reg = node_bpr_with_id_reg(
+            rep, self.id_embedding, batch.users, batch.pos_items, batch.neg_items, self.n_users
+        )
         image_pref, text_pref = self.preferences["image"], self.preferences["text"]
         reg = reg + image_pref.square().mean() + image_pref[batch.users].square().mean()
         reg = reg + text_pref[batch.users].square().mean()

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, bpr_loss
-from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges
+from pipeline.models.base import Batch, Recommender
+from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges, node_bpr_with_id_reg
 
 LEAKY_SLOPE = 0.01
 N_LAYERS = 3  # the reference always builds three layers, whatever its `n_layers` setting says
@@ -150,12 +150,9 @@ class MMGCN(Recommender):
         rep = self.representation(hidden["image"], hidden["text"])
         if not noisy:
             self._cache.store(rep, self.item_features())
-        users = rep[batch.users]
-        pos_nodes, neg_nodes = batch.pos_items + self.n_users, batch.neg_items + self.n_users
-        loss = bpr_loss((users * rep[pos_nodes]).sum(1), (users * rep[neg_nodes]).sum(1))
-        ids = self.id_embedding
-        # mean over the reference's (user, item) pairs [u, pos], [u, neg] of E_u² + E_item²
-        reg = ids[batch.users].square().mean() + 0.5 * (ids[pos_nodes].square().mean() + ids[neg_nodes].square().mean())
+        users, loss, reg = node_bpr_with_id_reg(
+            rep, self.id_embedding, batch.users, batch.pos_items, batch.neg_items, self.n_users
+        )
         reg = reg + self.image_gcn.preference.square().mean()
         loss = loss + self.reg_weight * reg
         views = [View(users @ rep[self.n_users :].T)] if with_views else []
