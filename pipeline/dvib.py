@@ -184,9 +184,15 @@ class NoiseLevelNetwork(nn.Module):
 
 
 def gaussian_kl_to_prior(mu: torch.Tensor, sigma: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """Mean over elements of KL(N(μ, σ²) ‖ N(0, PRIOR_STD²)), σ broadcast over each row."""
-    kl = math.log(PRIOR_STD) - log_sigma + (sigma.square() + mu.square()) / (2 * PRIOR_STD**2) - 0.5
-    return kl.mean()
+    """Mean over elements of KL(N(μ, σ²) ‖ N(0, PRIOR_STD²)), with σ, log σ [rows, 1] per row of μ.
+
+    σ is constant along a row, so the element mean splits into a mean over rows of the σ terms
+    plus mean(μ²) / (2·PRIOR_STD²), taken as one dot product: no [rows, dim] temporaries (μ is
+    MMGCN's raw 7,050 × 4,096 image features).
+    """
+    row_terms = math.log(PRIOR_STD) - log_sigma + sigma.square() / (2 * PRIOR_STD**2) - 0.5
+    flat = mu.reshape(-1)
+    return row_terms.mean() + torch.dot(flat, flat) / (flat.numel() * 2 * PRIOR_STD**2)
 
 
 class DVIB(nn.Module):
@@ -217,7 +223,8 @@ class DVIB(nn.Module):
         for name, site in self.sites.items():
             h = hidden[name]
             if self.variant == "c":
-                noisy[name] = h + self.cfg.noise_level * torch.randn_like(h)
+                # In place on the fresh draw: the same values as h + level·ε, one [rows, dim] temporary.
+                noisy[name] = torch.randn_like(h).mul_(self.cfg.noise_level).add_(h)
             else:
                 sigma, log_sigma = self.noise_nets[site.noise_net or name](h)
                 noisy[name] = h + sigma * torch.randn_like(h)

@@ -77,3 +77,20 @@ def test_kl_to_prior_matches_closed_form():
     sigma = torch.tensor([[0.2]], dtype=torch.float64)
     expected = sum(math.log(0.5 / 0.2) + (0.04 + m * m) / (2 * 0.25) - 0.5 for m in (0.3, -1.0)) / 2
     assert gaussian_kl_to_prior(mu, sigma, sigma.log()).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_kl_to_prior_equals_elementwise_mean_and_its_gradient():
+    """The split form (row terms + one dot product) is the element mean of the closed form, value
+    and gradient, in float64."""
+    torch.manual_seed(0)
+    mu = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(7, 1, dtype=torch.float64, requires_grad=True)
+    log_sigma = torch.nn.functional.logsigmoid(raw)
+    expected = (math.log(0.5) - log_sigma + (log_sigma.exp() ** 2 + mu**2) / (2 * 0.25) - 0.5).mean()
+    grads_expected = torch.autograd.grad(expected, (mu, raw))
+    log_sigma = torch.nn.functional.logsigmoid(raw)
+    got = gaussian_kl_to_prior(mu, log_sigma.exp(), log_sigma)
+    grads_got = torch.autograd.grad(got, (mu, raw))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    for g, e in zip(grads_got, grads_expected):
+        assert torch.allclose(g, e, rtol=1e-12, atol=1e-15)
