@@ -535,6 +535,7 @@ def _write_json(path: Path, payload: dict) -> None:
 def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: torch.device) -> int:
     """Measure every selected combination; the JSON is rewritten after each, so a stopped run keeps
     what it measured."""
+    started = time.perf_counter()
     models = args.models or model_names()
     data = load_mmrec(folder / "data")
     graphs = load_graphs_cache(folder, torch.device("cpu"))
@@ -583,6 +584,7 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     best = {"best_gflops": max(before["best_gflops"], after["best_gflops"]),
             "copy_gbs": max(before["copy_gbs"], after["copy_gbs"])}
     report["floor_rates"] = best
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
     for result in report["results"]:
         attach_floor(result, w, params, best, n_eval_users)
     _write_json(output, report)
@@ -600,6 +602,8 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     print(f"\nref s: reference implementation, Baby-sized set, 2-core CPU, 2 threads; its evaluation took "
           f"{REFERENCE_EVAL_SECONDS[0]:g}-{REFERENCE_EVAL_SECONDS[1]:g} s per split. "
           f"Speed-up only for --size baby on CPU.")
+    print(f"whole benchmark: {report['total_seconds'] / 60:.1f} min (dataset ready; machine rates, "
+          f"{len(models)} combinations, each in its own process)")
     print(f"written: {output}")
     return 0 if all(r.get("status") == "ok" for r in report["results"]) else 1
 
