@@ -21,6 +21,8 @@ not the wait). Levers:
   denormals   exp/mul over a tensor full of subnormal results, flush-to-zero off vs on
   adam        one Adam step over BM3/FREEDOM-sized trainable parameters (~33.6 M): torch's default
               implementation vs foreach vs fused
+  gather      a row gather from a trainable table, forward + backward: x[index] (backward: an
+              accumulating index_put) vs take_rows (index_select; backward: index_add)
   spmm        Â @ X (N × N, 2·pairs entries, X [N, 64]) with COO vs CSR layout
   malloc      out-of-place element-wise ops on a B × I tensor and the JS divergence, forward +
               backward, in a fresh process each: glibc's default (every large tensor a fresh mmap)
@@ -45,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.dvib import js_divergence, upstream_divergence  # noqa: E402
+from pipeline.models.base import take_rows  # noqa: E402
 from pipeline.trainer import reuse_freed_memory  # noqa: E402
 
 USERS, ITEMS, BATCH, IMAGE, TEXT, D = 19445, 7050, 2048, 4096, 384, 64
@@ -217,6 +220,29 @@ def lever_adam(g, repeats):
     return out
 
 
+def lever_gather(g, repeats):
+    """Forward + backward of a row gather from a trainable table: FREEDOM/BM3's batch items from the
+    raw image features, and MMGCN/GRCN's batch nodes from the node representation."""
+    features = torch.randn(ITEMS, IMAGE, generator=g).requires_grad_()
+    items = torch.unique(torch.randint(ITEMS, (2 * BATCH,), generator=g))
+    rep = torch.randn(USERS + ITEMS, 3 * D, generator=g).requires_grad_()
+    nodes = torch.randint(USERS + ITEMS, (3 * BATCH,), generator=g)
+
+    def run(table, index, gather):
+        def step():
+            table.grad = None
+            gather(table, index).sum().backward()
+        return step
+
+    def advanced(table, index):
+        return table[index]
+
+    return compare({"features before (x[index])": run(features, items, advanced),
+                    "features after (take_rows)": run(features, items, take_rows),
+                    "nodes before (x[index])": run(rep, nodes, advanced),
+                    "nodes after (take_rows)": run(rep, nodes, take_rows)}, repeats)
+
+
 def lever_spmm(g, repeats):
     n = USERS + ITEMS
     u = torch.randint(USERS, (PAIRS,), generator=g)
@@ -257,6 +283,7 @@ LEVERS = {
     "denormals": lever_denormals,
     "adam": lever_adam,
     "spmm": lever_spmm,
+    "gather": lever_gather,
     "malloc": lever_malloc,
 }
 

@@ -10,6 +10,7 @@ import torch
 from conftest import make_batch
 from pipeline.dvib import DVIB
 from pipeline.models import BASE_MODELS, build_model, model_names
+from pipeline.models.base import take_rows
 from pipeline.trainer import train
 
 
@@ -110,3 +111,17 @@ def test_models_never_write_into_the_dataset_arrays(base, tiny_data, tiny_graphs
     fresh.load_state_dict(state)
     np.testing.assert_array_equal(tiny_data.image_features, image)
     np.testing.assert_array_equal(tiny_data.text_features, text)
+
+
+def test_take_rows_matches_advanced_indexing_in_value_and_gradient():
+    """take_rows (index_select) is x[index], repeated rows included, value and gradient."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    index = torch.tensor([7, 0, 7, 3, 8, 7])
+    weights = torch.randn(len(index), 4, dtype=torch.float64, generator=g)
+    expected_grad, = torch.autograd.grad((x[index] * weights).sum(), x)
+    got = take_rows(x, index)
+    got_grad, = torch.autograd.grad((got * weights).sum(), x)
+    assert torch.equal(got, x[index])
+    assert torch.allclose(got_grad, expected_grad, rtol=1e-14, atol=0)
+    assert got_grad[7].abs().sum() > 0 and torch.all(got_grad[[1, 2, 4, 5, 6]] == 0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender
+from pipeline.models.base import Batch, Recommender, take_rows
 from pipeline.models.graph_ops import MODALITIES, light_gcn, to_csr
 
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -118,11 +118,11 @@ class BM3(Recommender):
         users, user_rows = torch.unique(batch.users, return_inverse=True)
         items, item_rows = torch.unique(batch.pos_items, return_inverse=True)
         users_all, items_all = self.propagate()
-        online_users, online_items = users_all[users], items_all[items]
+        online_users, online_items = take_rows(users_all, users), take_rows(items_all, items)
         user_targets = self._targets(online_users)[user_rows]
         item_targets = self._targets(online_items)[item_rows]
-        id_loss = cosine_loss(self.predictor(online_users)[user_rows], item_targets) + cosine_loss(
-            self.predictor(online_items)[item_rows], user_targets
+        id_loss = cosine_loss(take_rows(self.predictor(online_users), user_rows), item_targets) + cosine_loss(
+            take_rows(self.predictor(online_items), item_rows), user_targets
         )
         id_loss = id_loss + self.reg_weight * (users_all.norm() + items_all.norm()) / items_all.shape[0]
         text, image = self.text_features, self.image_features
@@ -131,7 +131,7 @@ class BM3(Recommender):
             site_rows = items
         else:
             # Only the batch's items enter the loss: projecting just those is exact and cheaper.
-            site_rows, text, image = None, text[items], image[items]
+            site_rows, text, image = None, take_rows(text, items), take_rows(image, items)
         hidden = {"text": self.text_trs(text), "image": self.image_trs(image)}
         keep_views = not (self.discard_consistency and variant == "c")
         return hidden, _Context(id_loss, item_targets, site_rows, item_rows, keep_views)
@@ -140,9 +140,9 @@ class BM3(Recommender):
         feature_loss = hidden["text"].new_zeros(())
         views = []
         for m in MODALITIES:
-            h = hidden[m] if context.site_rows is None else hidden[m][context.site_rows]
+            h = hidden[m] if context.site_rows is None else take_rows(hidden[m], context.site_rows)
             target = self._targets(h)[context.rows]
-            online = self.predictor(h)[context.rows]
+            online = take_rows(self.predictor(h), context.rows)
             feature_loss = feature_loss + cosine_loss(online, context.item_targets) + cosine_loss(online, target)
             views += [View(online), View(target, grad=False)]
         loss = self.cl_weight * feature_loss

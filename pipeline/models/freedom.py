@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs, knn_adjacency
-from pipeline.models.base import Batch, Recommender, bpr_loss
+from pipeline.models.base import Batch, Recommender, bpr_loss, take_rows
 from pipeline.models.graph_ops import MODALITIES, light_gcn, sparse_matmul, to_csr
 
 
@@ -170,8 +170,9 @@ class FREEDOM(Recommender):
 
     def encode(self, batch: Batch, variant: str | None):
         users_all, items_all = self.propagate(self.masked_adj)
-        users = users_all[batch.users]
-        main = bpr_loss((users * items_all[batch.pos_items]).sum(1), (users * items_all[batch.neg_items]).sum(1))
+        users = take_rows(users_all, batch.users)
+        pos, neg = take_rows(items_all, batch.pos_items), take_rows(items_all, batch.neg_items)
+        main = bpr_loss((users * pos).sum(1), (users * neg).sum(1))
         if variant is not None:
             # DVIB's views and noise networks cover every item's projection.
             hidden = {"text": self.text_trs(self.text_features), "image": self.image_trs(self.image_features)}
@@ -182,15 +183,18 @@ class FREEDOM(Recommender):
             return {}, _Context(main, users, batch.pos_items, batch.neg_items)
         # Only the batch's items enter the feature BPR: projecting just those is exact and cheaper.
         items, rows = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
-        hidden = {"text": self.text_trs(self.text_features[items]), "image": self.image_trs(self.image_features[items])}
+        hidden = {
+            "text": self.text_trs(take_rows(self.text_features, items)),
+            "image": self.image_trs(take_rows(self.image_features, items)),
+        }
         pos_rows, neg_rows = rows.split(len(batch.pos_items))
         return hidden, _Context(main, users, pos_rows, neg_rows)
 
     def decode(self, hidden, context: _Context, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
         feature_loss = context.main_loss.new_zeros(())
         for h in hidden.values():
-            pos = (context.users * h[context.pos_rows]).sum(1)
-            neg = (context.users * h[context.neg_rows]).sum(1)
+            pos = (context.users * take_rows(h, context.pos_rows)).sum(1)
+            neg = (context.users * take_rows(h, context.neg_rows)).sum(1)
             feature_loss = feature_loss + bpr_loss(pos, neg)
         loss = self.reg_weight * feature_loss
         if not noisy:

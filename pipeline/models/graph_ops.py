@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from pipeline.models.base import bpr_loss
+from pipeline.models.base import bpr_loss, take_rows
 
 
 class UndirectedEdges(nn.Module):
@@ -213,10 +213,10 @@ def node_bpr_with_id_reg(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(users' rows of rep, BPR loss over node representations, the reference's id regulariser):
     the mean over the (user, item) pairs [u, pos], [u, neg] of E_u² + E_item² (MMGCN, GRCN)."""
-    user_rep = rep[users]
+    user_rep = take_rows(rep, users)
     pos_nodes, neg_nodes = pos_items + n_users, neg_items + n_users
-    bpr = bpr_loss((user_rep * rep[pos_nodes]).sum(1), (user_rep * rep[neg_nodes]).sum(1))
-    reg = id_embedding[users].square().mean() + 0.5 * (
-        id_embedding[pos_nodes].square().mean() + id_embedding[neg_nodes].square().mean()
+    bpr = bpr_loss((user_rep * take_rows(rep, pos_nodes)).sum(1), (user_rep * take_rows(rep, neg_nodes)).sum(1))
+    reg = take_rows(id_embedding, users).square().mean() + 0.5 * (
+        take_rows(id_embedding, pos_nodes).square().mean() + take_rows(id_embedding, neg_nodes).square().mean()
     )
     return user_rep, bpr, reg

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender
+from pipeline.models.base import Batch, Recommender, take_rows
 from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges, node_bpr_with_id_reg
 
 MODALITIES = ("image", "text")
@@ -105,7 +105,7 @@ class GRCN(Recommender):
 
     def edge_weights(self, attention: torch.Tensor, relu: bool) -> torch.Tensor:
         """w_e = max_m(W_em · conf[source_e, m]), through a ReLU when `relu`."""
-        weights = (attention * self.confidence[self.edges.source]).amax(dim=1)
+        weights = (attention * take_rows(self.confidence, self.edges.source)).amax(dim=1)
         return F.relu(weights) if relu else weights
 
     def id_channel(self, weights: torch.Tensor) -> torch.Tensor:
@@ -140,8 +140,8 @@ class GRCN(Recommender):
             rep, self.id_embedding, batch.users, batch.pos_items, batch.neg_items, self.n_users
         )
         image_pref, text_pref = self.preferences["image"], self.preferences["text"]
-        reg = reg + image_pref.square().mean() + image_pref[batch.users].square().mean()
-        reg = reg + text_pref[batch.users].square().mean()
+        reg = reg + image_pref.square().mean() + take_rows(image_pref, batch.users).square().mean()
+        reg = reg + take_rows(text_pref, batch.users).square().mean()
         loss = loss + self.reg_weight * reg
         views = [View(users @ rep[self.n_users :].T)] if with_views else []
         return PassOutput(loss, views)

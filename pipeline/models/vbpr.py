@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, emb_loss
+from pipeline.models.base import Batch, Recommender, emb_loss, take_rows
 
 
 class VBPR(Recommender):
@@ -47,13 +47,13 @@ class VBPR(Recommender):
         """W [text ; image] + b for `items` (all items when None), without materialising the concatenation."""
         text, image = self.text_features, self.image_features
         if items is not None:
-            text, image = text[items], image[items]
+            text, image = take_rows(text, items), take_rows(image, items)
         text_dim = text.shape[1]
         weight = self.item_linear.weight
         return torch.addmm(self.item_linear.bias, text, weight[:, :text_dim].T) + (image @ weight[:, text_dim:].T)
 
     def encode(self, batch: Batch, variant: str | None):
-        users = self.user_embedding[batch.users]
+        users = take_rows(self.user_embedding, batch.users)
         if variant is None:
             # The plain loss reads only the batch's positive and negative items: project each once.
             items, rows = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
@@ -64,11 +64,12 @@ class VBPR(Recommender):
     def decode(self, hidden, context: "_Context", batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
         content, users, n = hidden["content"], context.users, len(batch.users)
         if context.item_rows is None:  # content of every item
-            pos_content, neg_content = content[batch.pos_items], content[batch.neg_items]
+            pos_content, neg_content = take_rows(content, batch.pos_items), take_rows(content, batch.neg_items)
         else:  # content of the batch's distinct items; item_rows maps [pos_items ; neg_items] into it
-            pos_content, neg_content = content[context.item_rows[:n]], content[context.item_rows[n:]]
-        pos = torch.cat([self.item_embedding[batch.pos_items], pos_content], dim=1)
-        neg = torch.cat([self.item_embedding[batch.neg_items], neg_content], dim=1)
+            pos_content = take_rows(content, context.item_rows[:n])
+            neg_content = take_rows(content, context.item_rows[n:])
+        pos = torch.cat([take_rows(self.item_embedding, batch.pos_items), pos_content], dim=1)
+        neg = torch.cat([take_rows(self.item_embedding, batch.neg_items), neg_content], dim=1)
         diff = (users * pos).sum(1) - (users * neg).sum(1)
         loss = -torch.log(1e-10 + torch.sigmoid(diff)).mean()
         loss = loss + self.reg_weight * emb_loss(users, pos, neg)
