@@ -23,6 +23,8 @@ not the wait). Levers:
               implementation vs foreach vs fused
   gather      a row gather from a trainable table, forward + backward: x[index] (backward: an
               accumulating index_put) vs take_rows (index_select; backward: index_add)
+  exp         row probabilities of peaked B × I score rows: exp(log_softmax) (CPU exp's slow path
+              for results under the smallest normal float) vs softmax
   spmm        Â @ X (N × N, 2·pairs entries, X [N, 64]) with COO vs CSR layout
   malloc      out-of-place element-wise ops on a B × I tensor and the JS divergence, forward +
               backward, in a fresh process each: glibc's default (every large tensor a fresh mmap)
@@ -243,6 +245,21 @@ def lever_gather(g, repeats):
                     "nodes after (take_rows)": run(rep, nodes, take_rows)}, repeats)
 
 
+def lever_exp(g, repeats):
+    """Row probabilities of peaked B × I score rows (most log-probabilities under -87.3, as in
+    trained models' views): exp(log_softmax) vs softmax, and the divergences on such rows."""
+    p = (40.0 * torch.randn(BATCH, ITEMS, generator=g)).requires_grad_()
+    q = (p.detach() + torch.randn(BATCH, ITEMS, generator=g)).requires_grad_()
+    rows = p.detach()
+    share = float((F.log_softmax(rows, -1) < -87.3).float().mean())
+    print(f"  exp lever: {share:.0%} of the log-probabilities are under -87.3", file=sys.stderr)
+    return compare({"probabilities before (log_softmax.exp)": lambda: F.log_softmax(rows, -1).exp(),
+                    "probabilities after (softmax)": lambda: F.softmax(rows, -1),
+                    "js divergence fwd+bwd (after)": lambda: js_divergence(p, q).backward(),
+                    "upstream divergence fwd+bwd (after)": lambda: upstream_divergence(p, q).backward()},
+                   repeats)
+
+
 def lever_spmm(g, repeats):
     n = USERS + ITEMS
     u = torch.randint(USERS, (PAIRS,), generator=g)
@@ -284,6 +301,7 @@ LEVERS = {
     "adam": lever_adam,
     "spmm": lever_spmm,
     "gather": lever_gather,
+    "exp": lever_exp,
     "malloc": lever_malloc,
 }
 

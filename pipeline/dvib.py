@@ -61,17 +61,32 @@ class PassOutput:
 LOG_2 = math.log(2.0)
 
 
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Row softmax of `logits`.
+
+    Not `log_softmax(...).exp()`: on CPU, element-wise exp takes a slow path wherever its result
+    is below the smallest normal float (an argument under -87.3), 20-100x slower there, and a
+    peaked score row over thousands of items is mostly such entries; softmax's kernel has no
+    such path (benchmarks/levers.py `exp`).
+    """
+    return F.softmax(logits, dim=-1)
+
+
 def _js_parts(p_logits: torch.Tensor, q_logits: torch.Tensor):
-    """Value of the JS divergence and what its gradient needs: P, Q, log P - log M, log Q - log M and
-    the per-row KL(P‖M), KL(Q‖M). log M comes from logaddexp, so every term is finite."""
+    """Value of the JS divergence and what its gradient needs: P, Q, D_P = log P - L, D_Q = log Q - L
+    and the row sums ⟨P, D_P⟩, ⟨Q, D_Q⟩, with L = logaddexp(log P, log Q) = log M + log 2.
+
+    KL(P‖M) = ⟨P, D_P⟩ + log 2 (P sums to 1): the log 2 is added to the value once instead of
+    subtracted from every element, and cancels in the gradient. Every term is finite.
+    """
     log_p = F.log_softmax(p_logits, dim=-1)
     log_q = F.log_softmax(q_logits, dim=-1)
-    log_m = torch.logaddexp(log_p, log_q).sub_(LOG_2)
-    p, q = log_p.exp(), log_q.exp()
-    d_p, d_q = log_p.sub_(log_m), log_q.sub_(log_m)  # in place: log P and log Q are not needed again
+    shifted_log_m = torch.logaddexp(log_p, log_q)
+    p, q = _probabilities(p_logits), _probabilities(q_logits)
+    d_p, d_q = log_p.sub_(shifted_log_m), log_q.sub_(shifted_log_m)  # in place: the logs are not needed again
     kl_p = torch.linalg.vecdot(p, d_p, dim=-1).unsqueeze(-1)
     kl_q = torch.linalg.vecdot(q, d_q, dim=-1).unsqueeze(-1)
-    value = 0.5 * (kl_p.sum() + kl_q.sum()) / p_logits.shape[0]
+    value = 0.5 * (kl_p.sum() + kl_q.sum()) / p_logits.shape[0] + LOG_2
     return value, (p, q, d_p, d_q, kl_p, kl_q)
 
 
@@ -114,8 +129,9 @@ def _upstream_parts(p_logits: torch.Tensor, q_logits: torch.Tensor):
     log_p = F.log_softmax(p_logits, dim=-1)
     log_q = F.log_softmax(q_logits, dim=-1)
     r = torch.logaddexp(log_p, log_q).sub_(LOG_2)  # log M
-    m = r.exp()
-    p, q = log_p.exp_(), log_q.exp_()  # in place: the logs are not needed again
+    del log_p, log_q
+    p, q = _probabilities(p_logits), _probabilities(q_logits)
+    m = torch.add(p, q).mul_(0.5)  # M, without exp(log M) (see _probabilities)
     log_p2, log_q2 = F.log_softmax(p, dim=-1), F.log_softmax(q, dim=-1)
     r.mul_(2.0).sub_(log_p2).sub_(log_q2)  # r = 2 log M - log softmax(P) - log softmax(Q)
     value = 0.5 * torch.linalg.vecdot(m, r, dim=-1).sum() / p_logits.shape[0]
