@@ -243,7 +243,7 @@ class DVIB(nn.Module):
                 noisy[name] = torch.randn_like(h).mul_(self.cfg.noise_level).add_(h)
             else:
                 sigma, log_sigma = self.noise_nets[site.noise_net or name](h)
-                noisy[name] = h + sigma * torch.randn_like(h)
+                noisy[name] = torch.addcmul(h, sigma, torch.randn_like(h))  # h + σ·ε, no σ·ε temporary
                 vib = vib + self.cfg.vib_weight * gaussian_kl_to_prior(h, sigma, log_sigma)
         return noisy, vib
 
