@@ -587,6 +587,9 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     for result in report["results"]:
         attach_floor(result, w, params, best, n_eval_users)
+    # The shortest this run could have been: every timed and warm-up epoch at its floor.
+    report["floor_epochs_seconds"] = round((args.warmup + args.epochs) * sum(
+        r["floor"]["seconds"] for r in report["results"] if "floor" in r), 1)
     _write_json(output, report)
 
     print(f"\n{args.size} set: {w.n_users} users, {w.n_items} items, {w.n_train} train rows "
@@ -603,7 +606,8 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
           f"{REFERENCE_EVAL_SECONDS[0]:g}-{REFERENCE_EVAL_SECONDS[1]:g} s per split. "
           f"Speed-up only for --size baby on CPU.")
     print(f"whole benchmark: {report['total_seconds'] / 60:.1f} min (dataset ready; machine rates, "
-          f"{len(models)} combinations, each in its own process)")
+          f"{len(models)} combinations, each in its own process); the floors alone of its "
+          f"{args.warmup + args.epochs} epochs per combination: {report['floor_epochs_seconds'] / 60:.1f} min")
     print(f"written: {output}")
     return 0 if all(r.get("status") == "ok" for r in report["results"]) else 1
 
