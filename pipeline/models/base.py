@@ -21,6 +21,13 @@ def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, index)
 
 
+def linear_of_concat(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """layer([a ; b]) as a·W_aᵀ + b·W_bᵀ + bias: the same map without materialising the
+    concatenation of the inputs (or splitting its gradient)."""
+    split = a.shape[1]
+    return torch.addmm(layer.bias, a, layer.weight[:, :split].T) + b @ layer.weight[:, split:].T
+
+
 @dataclass
 class Batch:
     """A training batch: users, their positive items and one sampled negative each (None for BM3)."""

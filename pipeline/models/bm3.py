@@ -13,6 +13,7 @@ from pipeline.graphs import Graphs
 from pipeline.models.base import Batch, Recommender, take_rows
 from pipeline.models.graph_ops import MODALITIES, light_gcn, to_csr
 
+
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine similarity of matching rows."""
     return 1.0 - F.cosine_similarity(online, target, dim=-1).mean()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender
+from pipeline.models.base import Batch, Recommender, linear_of_concat
 from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges, node_bpr_with_id_reg
 
 LEAKY_SLOPE = 0.01
@@ -60,15 +60,8 @@ class ModalityGCN(nn.Module):
         for weight, linear, gate in zip(self.conv_weights, self.linears, self.gates):
             h = F.leaky_relu(edges.aggregate(mean_weights, x) @ weight, LEAKY_SLOPE)
             x_hat = F.leaky_relu(linear(x), LEAKY_SLOPE) + id_embedding
-            x = F.leaky_relu(_linear_of_concat(gate, h, x_hat), LEAKY_SLOPE)
+            x = F.leaky_relu(linear_of_concat(gate, h, x_hat), LEAKY_SLOPE)
         return x
-
-
-def _linear_of_concat(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """layer([a ; b]) as a·W_aᵀ + b·W_bᵀ + bias: the same map without materialising the [N, 2d]
-    concatenation (or splitting its gradient)."""
-    split = a.shape[1]
-    return torch.addmm(layer.bias, a, layer.weight[:, :split].T).addmm_(b, layer.weight[:, split:].T)
 
 
 class MMGCN(Recommender):

@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.dataset import InteractionData
 from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, emb_loss, take_rows
+from pipeline.models.base import Batch, Recommender, emb_loss, linear_of_concat, take_rows
 
 
 class VBPR(Recommender):
@@ -48,9 +48,7 @@ class VBPR(Recommender):
         text, image = self.text_features, self.image_features
         if items is not None:
             text, image = take_rows(text, items), take_rows(image, items)
-        text_dim = text.shape[1]
-        weight = self.item_linear.weight
-        return torch.addmm(self.item_linear.bias, text, weight[:, :text_dim].T) + (image @ weight[:, text_dim:].T)
+        return linear_of_concat(self.item_linear, text, image)
 
     def encode(self, batch: Batch, variant: str | None):
         users = take_rows(self.user_embedding, batch.users)

@@ -30,7 +30,7 @@ from pipeline.evaluation import Evaluator
 from pipeline.graphs import Graphs, load_graphs
 from pipeline.models import build_model, parse_model_name
 from pipeline.robustness import conditions_from_params, evaluate_conditions, scores_respond_to_features
-from pipeline.stages.common import run_stage, DATASETS_DIR, GRAPHS_DIR, setup_logging
+from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
 from pipeline.trainer import configure_runtime, resolve_device
 
 log = logging.getLogger("pipeline.stages.robustness")

@@ -21,7 +21,7 @@ from pipeline.config import experiment_config, read_params
 from pipeline.dataset import InteractionData, load_mmrec
 from pipeline.graphs import load_graphs
 from pipeline.models import build_model
-from pipeline.stages.common import run_stage, DATASETS_DIR, GRAPHS_DIR, setup_logging
+from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
 from pipeline.trainer import configure_runtime, resolve_device, train
 
 log = logging.getLogger("pipeline.stages.train")
