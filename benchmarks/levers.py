@@ -25,6 +25,8 @@ not the wait). Levers:
               accumulating index_put) vs take_rows (index_select; backward: index_add)
   exp         row probabilities of peaked B × I score rows: exp(log_softmax) (CPU exp's slow path
               for results under the smallest normal float) vs softmax
+  topk        the top 50 of a 4,096-user evaluation batch's scores: torch.topk vs
+              pipeline.evaluation.top_k_columns (grouped pre-selection, same values)
   spmm        Â @ X (N × N, 2·pairs entries, X [N, 64]) with COO vs CSR layout
   malloc      out-of-place element-wise ops on a B × I tensor and the JS divergence, forward +
               backward, in a fresh process each: glibc's default (every large tensor a fresh mmap)
@@ -49,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.dvib import js_divergence, upstream_divergence  # noqa: E402
+from pipeline.evaluation import top_k_columns  # noqa: E402
 from pipeline.models.base import take_rows  # noqa: E402
 from pipeline.trainer import reuse_freed_memory  # noqa: E402
 
@@ -260,6 +263,18 @@ def lever_exp(g, repeats):
                    repeats)
 
 
+def lever_topk(g, repeats):
+    """The top 50 of one evaluation batch's scores (4,096 users × every item, train items masked):
+    torch.topk on every column vs top_k_columns' grouped pre-selection (same values)."""
+    users, items = torch.randn(4096, D, generator=g), torch.randn(ITEMS, D, generator=g)
+    scores = users @ (items + torch.randn(1, D, generator=g)).T
+    scores[torch.rand(scores.shape, generator=g) < 0.001] = -torch.inf
+    if not torch.equal(scores.topk(50, dim=1).values, scores.gather(1, top_k_columns(scores, 50))):
+        raise AssertionError("top_k_columns selected other values than torch.topk")
+    return compare({"before (torch.topk)": lambda: scores.topk(50, dim=1),
+                    "after (top_k_columns)": lambda: top_k_columns(scores, 50)}, repeats)
+
+
 def lever_spmm(g, repeats):
     n = USERS + ITEMS
     u = torch.randint(USERS, (PAIRS,), generator=g)
@@ -302,6 +317,7 @@ LEVERS = {
     "spmm": lever_spmm,
     "gather": lever_gather,
     "exp": lever_exp,
+    "topk": lever_topk,
     "malloc": lever_malloc,
 }
 

@@ -3,10 +3,12 @@
 Every user of the split is scored against all items in batches on the training device; the user's
 train items are masked to -inf (validation items stay unmasked on the test split, as MMRec does),
 and hits come from a ground-truth mask gathered at the top-K positions: no Python loop over
-users or ranks.
+users or ranks. The top K of each row come from `top_k_columns`, a grouped pre-selection in front of
+torch.topk.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +40,32 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, topk: tuple[
         out[f"ndcg@{k}"] = (cum_dcg[:, k - 1] / cum_ideal[denom.long() - 1]).sum()
         out[f"map@{k}"] = (cum_ap[:, k - 1] / denom).sum()
     return out
+
+
+def top_k_columns(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices of each row's k largest scores, best first: the values torch.topk selects.
+
+    On CPU torch.topk takes ~25 µs per row of 7,000 items (two threads). Here a row's first g·m columns form m
+    groups of g (group j: columns j, j + m, j + 2m, ...; g ≈ √(n/k)); only the k groups with the
+    largest maxima can hold the row's top k (any other element has k group maxima at least as large
+    above it), so torch.topk runs on their k·g members (plus the n mod g leftover columns): ~1.5×
+    faster at Baby size (benchmarks/levers.py, lever `topk`). Tied scores may come out in another
+    order than torch.topk's, which documents none. CUDA uses torch.topk directly.
+    """
+    n = scores.shape[1]
+    group = max(2, round(math.sqrt(n / max(k, 1))))
+    n_groups = n // group
+    if scores.device.type != "cpu" or n_groups <= k:
+        return scores.topk(k, dim=1).indices
+    body = scores[:, : n_groups * group].unflatten(1, (group, n_groups))  # [B, g, m]: [b, r, j] = column r·m + j
+    best_groups = body.amax(1).topk(k, dim=1, sorted=False).indices
+    offsets = torch.arange(0, n_groups * group, n_groups, device=scores.device)
+    columns = (best_groups.unsqueeze(1) + offsets.unsqueeze(1)).flatten(1)  # [B, g·k]
+    if n_groups * group < n:  # leftover columns are in no group: always candidates
+        tail = torch.arange(n_groups * group, n, device=scores.device).expand(scores.shape[0], -1)
+        columns = torch.cat([columns, tail], dim=1)
+    best = scores.gather(1, columns).topk(k, dim=1).indices
+    return columns.gather(1, best)
 
 
 @dataclass(frozen=True)
@@ -94,7 +122,7 @@ class Evaluator:
         for b in self.batches:
             scores = scorer(b.users).float()
             scores[b.mask_rows, b.mask_cols] = -torch.inf
-            top = scores.topk(max_k, dim=1).indices
+            top = top_k_columns(scores, max_k)
             truth = torch.zeros_like(scores, dtype=torch.bool)
             truth[b.truth_rows, b.truth_cols] = True
             hits = truth.gather(1, top)

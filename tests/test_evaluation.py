@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.dataset import InteractionData, Split
-from pipeline.evaluation import Evaluator, metrics_from_hits
+from pipeline.evaluation import Evaluator, metrics_from_hits, top_k_columns
 
 L3 = 1 / math.log2(3)  # discount at rank 2
 L4 = 1 / math.log2(4)  # discount at rank 3 (= 0.5)
@@ -79,3 +79,29 @@ def test_evaluator_batching_does_not_change_results(tiny_data):
     one = Evaluator(tiny_data, tiny_data.test, (5, 10, 20, 50), 4096, "cpu").evaluate(scorer)
     many = Evaluator(tiny_data, tiny_data.test, (5, 10, 20, 50), 7, "cpu").evaluate(scorer)
     assert one == pytest.approx(many, rel=1e-12)
+
+
+@pytest.mark.parametrize("n_items, k", [(6960, 50), (1003, 20), (997, 1), (120, 50), (90, 50)])
+def test_top_k_columns_equals_torch_topk_without_ties(n_items, k):
+    # Continuous scores (no ties) with masked -inf entries. Groups of 12 (6960), 7 with 2 leftover
+    # columns (1003), 32 with 5 leftover (997), 2 (120: 60 groups for k = 50); 90 items leave fewer
+    # groups than k and fall back to torch.topk.
+    g = torch.Generator().manual_seed(n_items + k)
+    scores = torch.randn(64, n_items, generator=g) + torch.randn(1, n_items, generator=g)
+    scores[torch.rand(64, n_items, generator=g) < 0.05] = -torch.inf
+    scores[3, : n_items // 2] = -torch.inf  # a row whose best half sits in the leftover-heavy end
+    scores[5, n_items - 1] = 1e9  # the row's best item is a leftover column
+    assert torch.equal(top_k_columns(scores, k), scores.topk(k, dim=1).indices)
+
+
+def test_top_k_columns_keeps_the_top_values_under_ties_and_nan():
+    # Integer scores tie everywhere: the chosen columns may differ from torch.topk's, but they are
+    # k distinct columns holding exactly the k largest values, best first; NaN ranks first as in topk.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 30, (200, 2000), generator=g).float()
+    scores[7, 11] = torch.nan
+    top = top_k_columns(scores, 50)
+    expected = scores.topk(50, dim=1).values
+    assert torch.equal(scores.gather(1, top).nan_to_num(99.0), expected.nan_to_num(99.0))
+    assert top[7, 0] == 11
+    assert all(len(set(row.tolist())) == 50 for row in top)
