@@ -163,7 +163,14 @@ def workload(data: InteractionData, graphs: Graphs, batch_size: int) -> Workload
         image_dim=data.image_features.shape[1],
         text_dim=data.text_features.shape[1],
         batch_size=batch_size,
+        user_counts=tuple(int(c) for c in np.bincount(data.train.users) if c),
+        item_counts=tuple(int(c) for c in np.bincount(data.train.items) if c),
     )
+
+
+def workload_sizes(w: Workload) -> dict:
+    """The workload's sizes for the JSON report (the per-user and per-item counts left out)."""
+    return {k: v for k, v in asdict(w).items() if k not in ("user_counts", "item_counts")}
 
 
 # ---------------------------------------------------------------- machine
@@ -552,7 +559,7 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("worker", "dataset_dir", "result_file")},
-        "dataset": {"size": args.size, "folder": str(folder), **asdict(w), "n_valid_users": n_eval_users},
+        "dataset": {"size": args.size, "folder": str(folder), **workload_sizes(w), "n_valid_users": n_eval_users},
         "machine": machine,
         "machine_rates_before": before,
         "machine_rates_after": None,

@@ -11,9 +11,10 @@ this machine can beat. Rules:
 - a sparse product A @ X with nnz stored entries and X of width d costs 2·nnz·d, plus 2·nnz·d
   for the gradient of X, plus 2·nnz·d when the edge weights themselves are trained (GRCN);
 - only rows the loss needs are counted: plain VBPR needs the content projection of the batch's
-  positive and negative items only, while a DVIB consistency view over all items (B × I score
-  rows) needs every item; graph models need every node, every batch, because a node's
-  representation depends on its neighbours;
+  distinct positive and negative items only (their expected number under random batches and
+  uniform negatives, `Workload.distinct_items`), while a DVIB consistency view over all items
+  (B × I score rows) or a VIB term over every item's hidden row needs every item; graph models
+  need every node, every batch, because a node's representation depends on its neighbours;
 - products that are shared between passes are counted once (DVIB's clean and noisy VBPR score
   matrices share the id half ⟨θ_u, γ_i⟩; the pipeline recomputes it, which measured faster);
 - not counted: element-wise work (activations, softmax, the divergence, normalisations), sampling,
@@ -24,6 +25,7 @@ Each function returns a `FlopCount` with named parts, per epoch; the benchmark p
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -48,10 +50,30 @@ class Workload:
     image_dim: int
     text_dim: int
     batch_size: int
+    # Train rows per user and per item (those with at least one): expected distinct rows of a batch.
+    user_counts: tuple[int, ...] = field(default=(), repr=False)
+    item_counts: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def n_nodes(self) -> int:
         return self.n_users + self.n_items
+
+    def distinct_users(self, b: int) -> float:
+        """Expected number of distinct users among b train rows drawn at random (b if unknown)."""
+        return self._expected_distinct(self.user_counts, b, 1.0) if self.user_counts else float(b)
+
+    def distinct_items(self, b: int, negatives: bool) -> float:
+        """Expected number of distinct items among b random train rows' positives and, with
+        `negatives`, b negatives drawn uniformly from the train items (min(b or 2b, I) if unknown)."""
+        if not self.item_counts:
+            return float(min(b * (1 + negatives), self.n_items))
+        missed_by_negatives = (1.0 - 1.0 / len(self.item_counts)) ** b if negatives else 1.0
+        return self._expected_distinct(self.item_counts, b, missed_by_negatives)
+
+    def _expected_distinct(self, counts: tuple[int, ...], b: int, missed_otherwise: float) -> float:
+        # A user or item with c of the n train rows is in none of b random rows with probability ≈ (1 - b/n)^c.
+        keep = math.log1p(-b / self.n_train) if b < self.n_train else -math.inf
+        return sum(1.0 - math.exp(c * keep) * missed_otherwise for c in counts)
 
     def batch_sizes(self) -> list[tuple[int, int]]:
         """(rows in the batch, how many such batches) for one epoch: full batches and the remainder."""
@@ -68,8 +90,9 @@ class FlopCount:
     def add(self, name: str, flops: float) -> None:
         self.parts[name] = self.parts.get(name, 0.0) + flops
 
-    def dense(self, name: str, m: int, k: int, n: int, *, grad_input: bool, grad_weight: bool = True) -> None:
-        """[m, k] @ [k, n]: forward, plus one product per operand that needs a gradient."""
+    def dense(self, name: str, m: float, k: int, n: int, *, grad_input: bool, grad_weight: bool = True) -> None:
+        """[m, k] @ [k, n] (m may be an expected row count): forward, plus one product per operand
+        that needs a gradient."""
         self.add(name, 2.0 * m * k * n * (1 + grad_input + grad_weight))
 
     def sparse(self, name: str, nnz: int, width: int, *, grad_input: bool, grad_values: bool = False) -> None:
@@ -101,14 +124,14 @@ def _setting(params: Mapping, key: str, fallback: str):
 
 def vbpr_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> FlopCount:
     """VBPR: content projection W f_i (constant features: forward + weight gradient) of the batch's
-    2b positive/negative items (plain) or of all items (DVIB views need B × I scores); with DVIB the
-    clean and noisy score matrices θ_u·[γ; c]ᵀ share the id half, so three B × I × d products
+    distinct positive/negative items (plain) or of all items (DVIB views need B × I scores); with
+    DVIB the clean and noisy score matrices θ_u·[γ; c]ᵀ share the id half, so three B × I × d products
     (id, clean content, noisy content), each with gradients for both operands."""
     d = _setting(params, "embedding_size", "embedding_size")
     features = w.image_dim + w.text_dim
     f = FlopCount()
     if variant is None:
-        f.dense("content projection (batch items)", min(2 * b, w.n_items), features, d, grad_input=False)
+        f.dense("content projection (batch items)", w.distinct_items(b, negatives=True), features, d, grad_input=False)
         f.add("pos/neg scores", 2.0 * 2 * b * 2 * d * 3)
         return f
     f.dense("content projection (all items)", w.n_items, features, d, grad_input=False)
@@ -183,28 +206,33 @@ def grcn_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Flo
 
 def bm3_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> FlopCount:
     """BM3: LightGCN over Â (all nodes, n_layers), the trainable raw features projected for the
-    batch's items only (its losses index the batch), and the 64×64 predictor on the batch's users,
-    items, T and V rows; DVIB predicts the noisy T', V' batch rows again."""
+    batch's distinct items (its losses index the batch) or, in variant a, for every item (the VIB
+    term and its noise network read every item's T and V), and the 64×64 predictor on the batch's
+    distinct users and items and their T and V rows; DVIB predicts the noisy T', V' rows again."""
     d = _setting(params, "embedding_size", "embedding_size")
     layers = params.get("n_layers", SPEC_DEFAULTS["bm3_layers"])
+    users, items = w.distinct_users(b), w.distinct_items(b, negatives=False)
     f = FlopCount()
     for _ in range(layers):
         f.sparse("LightGCN propagation", 2 * w.n_pairs, d, grad_input=True)
-    f.dense("image projection (batch items)", b, w.image_dim, d, grad_input=True)
-    f.dense("text projection (batch items)", b, w.text_dim, d, grad_input=True)
-    predictions = 4 if variant is None else 6
-    for _ in range(predictions):
-        f.dense("predictor", b, d, d, grad_input=True)
+    projected, scope = (w.n_items, "all items") if variant == "a" else (items, "batch items")
+    f.dense(f"image projection ({scope})", projected, w.image_dim, d, grad_input=True)
+    f.dense(f"text projection ({scope})", projected, w.text_dim, d, grad_input=True)
+    f.dense("predictor (users)", users, d, d, grad_input=True)
+    feature_predictions = 2 if variant is None else 4
+    for _ in range(1 + feature_predictions):
+        f.dense("predictor (items, T, V)", items, d, d, grad_input=True)
     if variant == "a":
-        f.mlp("noise network", 2 * b, (d, *_setting(params, "noise_hidden", "noise_hidden"), 1), grad_input=True)
+        f.mlp("noise network", 2 * w.n_items, (d, *_setting(params, "noise_hidden", "noise_hidden"), 1),
+              grad_input=True)
     return f
 
 
 def freedom_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> FlopCount:
     """FREEDOM: one propagation over the frozen kNN item graph, n_ui_layers LightGCN layers over
     the pruned graph (a `1 - dropout` share of Â's entries), the trainable raw features projected
-    for the batch's positive and negative items (plain) or for all items (DVIB compares all items'
-    T and T')."""
+    for the batch's distinct positive and negative items (plain; none when reg_weight is 0, as the
+    feature terms then vanish) or for all items (DVIB compares all items' T and T')."""
     d = _setting(params, "embedding_size", "embedding_size")
     layers = params.get("n_ui_layers", SPEC_DEFAULTS["freedom_ui_layers"])
     dropout = params.get("dropout", SPEC_DEFAULTS["freedom_dropout"])
@@ -213,7 +241,9 @@ def freedom_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> 
     f.sparse("kNN item graph", w.n_mm_adj, d, grad_input=True)
     for _ in range(layers):
         f.sparse("LightGCN propagation (pruned graph)", kept, d, grad_input=True)
-    rows = min(2 * b, w.n_items) if variant is None else w.n_items
+    if variant is None and params.get("reg_weight", 1.0) == 0:
+        return f
+    rows = w.distinct_items(b, negatives=True) if variant is None else w.n_items
     scope = "batch items" if variant is None else "all items"
     f.dense(f"image projection ({scope})", rows, w.image_dim, d, grad_input=True)
     f.dense(f"text projection ({scope})", rows, w.text_dim, d, grad_input=True)
