@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import TINY
 from benchmarks.benchmark import workload
 from benchmarks.floors import epoch_floor
 from pipeline.dataset import load_mmrec
@@ -16,7 +17,6 @@ from pipeline.graphs import graphs_in_memory
 from pipeline.models import build_model, model_names, parse_model_name
 from pipeline.synthetic import write_synthetic
 from pipeline.trainer import TrainRows, make_optimizer, train_epoch
-from tests.conftest import TINY
 
 BATCH = 64  # a batch covers a fraction of the items, so batch-only and all-item work differ
 
