@@ -89,8 +89,8 @@ def test_top_k_columns_equals_torch_topk_without_ties(n_items, k):
     g = torch.Generator().manual_seed(n_items + k)
     scores = torch.randn(64, n_items, generator=g) + torch.randn(1, n_items, generator=g)
     scores[torch.rand(64, n_items, generator=g) < 0.05] = -torch.inf
-    scores[3, : n_items // 2] = -torch.inf  # a row whose best half sits in the leftover-heavy end
-    scores[5, n_items - 1] = 1e9  # the row's best item is a leftover column
+    scores[3, : n_items // 2] = -torch.inf  # a row with its first half masked
+    scores[5, n_items - 1] = 1e9  # the row's best item is its last column (a leftover one where n mod g > 0)
     assert torch.equal(top_k_columns(scores, k), scores.topk(k, dim=1).indices)
 
 
