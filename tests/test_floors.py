@@ -22,7 +22,11 @@ BATCH = 64  # a batch covers a fraction of the items, so batch-only and all-item
 
 
 class DenseProductFlops(TorchDispatchMode):
-    """Counts 2·m·k·n for every dense mm/addmm (sparse products are the floors' separate part)."""
+    """Counts 2·m·k·n for every dense mm/addmm (sparse products are the floors' separate part).
+
+    Not torch.utils.flop_counter.FlopCounterMode: it counts a sparse CSR [N, N] @ [N, d] product
+    by its shape, as 2·N·N·d (1000x too many for an identity of size 1000).
+    """
 
     def __init__(self):
         super().__init__()
