@@ -7,36 +7,42 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON via a temporary file and an atomic rename."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(fh)` on a uniquely named temporary file beside `path`, fsync it, then rename it
+    over `path`: readers see the old file or the new one, never a partial one, and concurrent
+    writers never share a temporary file. On any error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a UTF-8 text file atomically."""
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON atomically."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """torch.save atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save `obj` atomically."""
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 @contextmanager
