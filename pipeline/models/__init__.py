@@ -7,6 +7,7 @@ means one new module and one line in `BASE_MODELS`; DVIB applies to it without a
 from __future__ import annotations
 
 import inspect
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -49,15 +50,14 @@ def parse_model_name(name: str) -> tuple[str, str | None]:
     raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
 
 
-def build_model(cfg: ExperimentConfig, data: InteractionData, graphs: Graphs | None) -> nn.Module:
-    """Instantiate the training objective for `cfg.model`: the base model, or DVIB around it."""
-    base, variant = parse_model_name(cfg.model)
-    cls = BASE_MODELS[base]
+def check_model_params(model: str, model_params: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless `model_params` are exactly the keyword arguments of the model's constructor."""
+    base, _variant = parse_model_name(model)
     expected = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
+        p.name for p in inspect.signature(BASE_MODELS[base].__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
     ]
-    unknown = sorted(set(cfg.model_params) - set(expected))
-    missing = [p for p in expected if p not in cfg.model_params]
+    unknown = sorted(set(model_params) - set(expected))
+    missing = [p for p in expected if p not in model_params]
     if unknown or missing:
         raise ConfigError(
             f"params.yaml: models.{base}: "
@@ -65,10 +65,16 @@ def build_model(cfg: ExperimentConfig, data: InteractionData, graphs: Graphs | N
             + (f"missing key(s) {missing}; " if missing else "")
             + f"expected {expected}"
         )
+
+
+def build_model(cfg: ExperimentConfig, data: InteractionData, graphs: Graphs | None) -> nn.Module:
+    """Instantiate the training objective for `cfg.model`: the base model, or DVIB around it."""
+    base, variant = parse_model_name(cfg.model)
+    check_model_params(cfg.model, cfg.model_params)
     if graphs is not None and (graphs.n_users, graphs.n_items) != (data.n_users, data.n_items):
         raise ValueError(
             f"graphs are for {graphs.n_users} users / {graphs.n_items} items but the dataset has "
             f"{data.n_users} / {data.n_items}: rebuild the graphs stage"
         )
-    model = cls(data, graphs, **cfg.model_params)
+    model = BASE_MODELS[base](data, graphs, **cfg.model_params)
     return DVIB(model, variant, cfg.dvib) if variant else model
