@@ -63,7 +63,8 @@ from pipeline.config import SyntheticConfig, experiment_config, from_mapping, re
 from pipeline.dataset import InteractionData, load_mmrec  # noqa: E402
 from pipeline.evaluation import Evaluator  # noqa: E402
 from pipeline.graphs import Graphs, graphs_in_memory, knn_adjacency  # noqa: E402
-from pipeline.models import build_model, model_names, parse_model_name  # noqa: E402
+from pipeline.model_names import model_names, parse_model_name  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
 from pipeline.synthetic import write_synthetic  # noqa: E402
 from pipeline.trainer import (  # noqa: E402
     TrainRows, configure_runtime, make_optimizer, resolve_device, train, train_epoch,

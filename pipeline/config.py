@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.model_names import parse_model_name
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -203,8 +205,6 @@ class ExperimentConfig:
 
 def experiment_config(params: Mapping[str, Any], model: str, dataset: str) -> ExperimentConfig:
     """Assemble the config of one training run of `model` on `dataset` from params.yaml."""
-    from pipeline.models import parse_model_name  # local: the registry imports torch
-
     base, _variant = parse_model_name(model)
     seed = section(params, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int):

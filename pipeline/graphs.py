@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.dataset import InteractionData
+from pipeline.dataset import MODALITIES, InteractionData
 
-GRAPH_FILES = ("norm_adj_index.npy", "norm_adj_value.npy", "edge_index.npy", "knn_image.npy", "knn_text.npy")
+GRAPH_FILES = ("norm_adj_index.npy", "norm_adj_value.npy", "edge_index.npy", *(f"knn_{m}.npy" for m in MODALITIES))
 
 
 def build_norm_adj(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def load_graphs(folder: str | Path, device: torch.device | str = "cpu") -> Graph
         n_items=meta["n_items"],
         norm_adj=norm_adj,
         edge_index=load("edge_index.npy"),
-        knn={m: load(f"knn_{m}.npy") for m in ("image", "text")},
+        knn={m: load(f"knn_{m}.npy") for m in MODALITIES},
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.dvib import DVIB
+from pipeline.models.dvib import DVIB
 from pipeline.models import build_model
 from pipeline.models.base import Batch
 

@@ -14,7 +14,8 @@ from benchmarks.benchmark import workload
 from benchmarks.floors import epoch_floor
 from pipeline.dataset import load_mmrec
 from pipeline.graphs import graphs_in_memory
-from pipeline.models import build_model, model_names, parse_model_name
+from pipeline.model_names import model_names, parse_model_name
+from pipeline.models import build_model
 from pipeline.synthetic import write_synthetic
 from pipeline.trainer import TrainRows, make_optimizer, train_epoch
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import make_batch
-from pipeline.dvib import DVIB
-from pipeline.models import BASE_MODELS, build_model, model_names
+from pipeline.models.dvib import DVIB
+from pipeline.model_names import model_names
+from pipeline.models import BASE_MODELS, build_model
 from pipeline.models.base import take_rows
 from pipeline.trainer import train
 

@@ -1,6 +1,6 @@
 """Speed changes that are meant to be exact: each is checked against the straightforward computation.
 
-- the consistency divergences' hand-written backward passes (pipeline/dvib.py) against float64
+- the consistency divergences' hand-written backward passes (pipeline/models/divergences.py) against float64
   autograd through the formulas written out;
 - VBPR projecting only the batch's distinct items in the plain model, against the all-items
   computation, and its DVIB objective against the formulas;
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.dvib import js_divergence, upstream_divergence
+from pipeline.models.divergences import js_divergence, upstream_divergence
 from pipeline.models import build_model
 from pipeline.models.base import Batch
 from pipeline.sampling import NegativeSampler
