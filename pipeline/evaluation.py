@@ -17,7 +17,6 @@ import torch
 
 from pipeline.dataset import InteractionData, Split
 
-METRICS = ("recall", "ndcg", "precision", "map")
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # user ids [B] -> scores [B, n_items]
 
 

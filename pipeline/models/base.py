@@ -15,13 +15,9 @@ TEXT_FIRST = tuple(sorted(MODALITIES, key=lambda m: m != "text"))
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[index] along the first dimension, with a fast gradient.
-
-    The same values as `x[index]`, but its backward is an `index_add` where advanced indexing's is
-    an accumulating `index_put`, several times slower on CPU: for FREEDOM's batch rows of the
-    6,960 × 4,096 image table 16 ms instead of 106 ms, which took FREEDOM's Baby-sized batch from
-    0.23 s to 0.12 s (benchmarks/levers.py `gather`). Use it for every row gather that needs a gradient.
-    """
+    """x[index] along the first dimension: the same values as `x[index]`, but its backward is an
+    `index_add` where advanced indexing's is an accumulating `index_put` (docs/speed.md, lever
+    `gather`). Use it for every row gather that needs a gradient."""
     return x.index_select(0, index)
 
 

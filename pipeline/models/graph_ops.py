@@ -4,8 +4,7 @@
   over the N = U + I nodes, with weighted neighbour sums, per-edge dot products and a softmax
   over each node's incoming edges. Products run as CSR sparse × dense kernels with hand-written
   backward passes (the transposed product reuses the same pattern, the value gradient is a
-  sampled dense product): several times faster on CPU than COO `torch.sparse.mm` or
-  gather/`index_add_` over edges, and the same code runs on CUDA.
+  sampled dense product; docs/speed.md, lever `spmm`); the same code runs on CUDA.
 - `RepresentationCache`, `NodeRepresentationModel`: a model scored with one node representation
   [users ; items], by default the one of the last clean training pass, as the reference does
   (stale by one optimiser step).
@@ -197,7 +196,7 @@ class NodeRepresentationModel(Recommender):
 
 
 def to_csr(adj: torch.Tensor) -> torch.Tensor:
-    """A sparse matrix in CSR layout: sparse × dense products are several times faster than with COO."""
+    """A sparse matrix in CSR layout, for sparse × dense products (docs/speed.md, lever `spmm`)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return adj.coalesce().to_sparse_csr()

@@ -70,7 +70,7 @@ class VBPR(Recommender):
             if context.item_rows is not None:
                 raise RuntimeError("VBPR: score views need encode() with a DVIB variant (all items' content)")
             # One [B, 2d] @ [2d, I] product: sharing the γ half between the clean and noisy views saves
-            # a quarter of the FLOPs but measured slower (an extra B × I accumulation; see benchmarks/levers.py).
+            # a quarter of the FLOPs but costs an extra B × I accumulation (docs/speed.md, lever `vbpr_views`).
             views = [View(users @ torch.cat([self.item_embedding, content], dim=1).T)]
         return PassOutput(loss, views)
 
