@@ -99,7 +99,7 @@ def from_mapping(cls: type, mapping: Any, where: str):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training-loop settings (SPEC §3)."""
+    """Training-loop settings (docs/method.md, "Training protocol")."""
 
     epochs: int
     stopping_step: int
@@ -118,7 +118,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Full-sort evaluation settings (SPEC §4)."""
+    """Full-sort evaluation settings (docs/method.md, "Evaluation protocol")."""
 
     topk: tuple[int, ...]
     valid_metric: str
@@ -140,7 +140,7 @@ DIVERGENCES = ("js", "upstream")
 
 @dataclass(frozen=True)
 class DVIBConfig:
-    """Settings of the DVIB mechanism shared by every base model (SPEC §6)."""
+    """Settings of the DVIB mechanism shared by every base model (docs/method.md, "The method")."""
 
     noise_level: float
     consistency_weight: float

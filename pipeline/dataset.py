@@ -1,4 +1,4 @@
-"""Reading and validating MMRec-format dataset folders (SPEC §1).
+"""Reading and validating MMRec-format dataset folders (docs/method.md, "The task and the data").
 
 A folder `<name>/` holds `<name>.inter` (TSV: userID itemID rating timestamp x_label),
 `image_feat.npy` and `text_feat.npy`. Every check failure raises `DatasetError` naming the file,

@@ -1,4 +1,5 @@
-"""Graph artefacts the graph models need, built once per dataset by the `graphs` stage (SPEC §5).
+"""Graph artefacts the graph models need, built once per dataset by the `graphs` stage (docs/method.md,
+"The five base models").
 
 - the symmetric normalised user–item adjacency Â = D^{-1/2} A D^{-1/2} over N = U + I nodes;
 - the user→item edge index (one column per train row, duplicates kept);

@@ -1,4 +1,4 @@
-"""BM3 (SPEC §5.4, §6.2) against a dense written-out computation, and its DVIB options."""
+"""BM3 (docs/method.md, "BM3") against a dense written-out computation, and its DVIB options."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +31,7 @@ def dense_online(model, graphs):
 
 
 def dense_loss(model, graphs, batch, detach_targets=True):
-    """SPEC §5.4's loss with dropout 0 (eval mode), every term over full tables, then indexed."""
+    """BM3's loss (docs/method.md) with dropout 0 (eval mode), every term over full tables, then indexed."""
     target = (lambda x: x.detach()) if detach_targets else (lambda x: x)
     cos = lambda a, b: 1 - F.cosine_similarity(a, b, dim=-1).mean()  # noqa: E731
     users, items = dense_online(model, graphs)

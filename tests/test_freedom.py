@@ -1,4 +1,4 @@
-"""FREEDOM (SPEC §5.5, §6.2) against a dense written-out computation, and its graph handling."""
+"""FREEDOM (docs/method.md, "FREEDOM") against a dense written-out computation, and its graph handling."""
 from __future__ import annotations
 
 import numpy as np

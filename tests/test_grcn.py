@@ -1,4 +1,4 @@
-"""GRCN (SPEC §5.3) and the shared sparse edge operators: attention softmax, the whole forward
+"""GRCN (docs/method.md, "GRCN") and the shared sparse edge operators: attention softmax, the whole forward
 against a per-edge transcription, the noisy-pass ReLU option, the cached scorer, DVIB sites."""
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def grcn(make_config, data, graphs, **model_params) -> GRCN:
 
 
 def per_edge_representation(model: GRCN, edge_index, relu=True):
-    """SPEC §5.3 transcribed over the listed directed edges (duplicates kept), no sparse pattern."""
+    """docs/method.md's GRCN transcribed over the listed directed edges (duplicates kept), no sparse pattern."""
     source, target = directed(edge_index)
     n_nodes = model.n_users + model.n_items
     outputs, attention = [], []

@@ -1,4 +1,4 @@
-"""MMGCN (SPEC §5.2): mean aggregation, layer sizes, the two reference quirks both ways, DVIB sites."""
+"""MMGCN (docs/method.md, "MMGCN"): mean aggregation, layer sizes, the two reference quirks both ways, DVIB sites."""
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +60,7 @@ def test_mean_aggregation_matches_dense_computation(tiny_data, tiny_graphs, make
 
 
 def test_representation_matches_dense_reference(tiny_data, tiny_graphs, make_config):
-    """The whole forward against a direct transcription of SPEC §5.2 with a dense mean matrix."""
+    """The whole forward against a direct transcription of docs/method.md, "MMGCN", with a dense mean matrix."""
     graphs = with_duplicates_and_an_isolated_item(tiny_graphs)
     model = mmgcn(make_config, tiny_data, graphs)
     n_nodes = tiny_data.n_users + tiny_data.n_items

@@ -129,7 +129,7 @@ def _batch(data, size, seed):
 
 
 def vbpr_all_items_loss(model, batch: Batch) -> torch.Tensor:
-    """VBPR's loss as SPEC §5.1 writes it: every item's content projected, then the batch gathered."""
+    """VBPR's loss as docs/method.md, "VBPR", writes it: every item's content projected, then the batch gathered."""
     items = torch.cat([model.item_embedding, model.content()], dim=1)
     users = model.user_embedding[batch.users]
     pos, neg = items[batch.pos_items], items[batch.neg_items]
@@ -156,7 +156,7 @@ def test_vbpr_batch_item_projection_equals_all_items(tiny_data, tiny_graphs, mak
 
 def test_vbpr_dvib_objective_matches_the_formula(tiny_data, tiny_graphs, make_config):
     """The whole VBPRc objective (hand-written divergence backward included) against autograd through
-    the formulas of SPEC §5.1 and §6, in float64."""
+    the formulas of docs/method.md ("VBPR", "The method"), in float64."""
     torch.manual_seed(0)
     model = build_model(make_config("VBPRc"), tiny_data, tiny_graphs).double()
     batch = _batch(tiny_data, 64, 3)
