@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import make_batch
-from pipeline.models.dvib import DVIB
+from pipeline.dataset import MODALITIES
 from pipeline.model_names import model_names
 from pipeline.models import BASE_MODELS, build_model
 from pipeline.models.base import take_rows
+from pipeline.models.dvib import DVIB
 from pipeline.trainer import train
-
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -132,3 +132,73 @@ def test_take_rows_matches_advanced_indexing_in_value_and_gradient():
     assert torch.equal(got, x[index])
     assert torch.allclose(got_grad, expected_grad, rtol=1e-14, atol=0)
     assert got_grad[7].abs().sum() > 0 and torch.all(got_grad[[1, 2, 4, 5, 6]] == 0)
+
+
+@pytest.mark.parametrize("base, fine_tuned", [("VBPR", False), ("MMGCN", False), ("GRCN", False), ("BM3", True),
+                                              ("FREEDOM", True)])
+def test_item_features_are_fine_tuned_only_where_the_model_says_and_never_in_the_dataset(
+    base, fine_tuned, tiny_data, tiny_graphs, make_config
+):
+    original = {m: f.copy() for m, f in tiny_data.features().items()}
+    model = build_model(make_config(base), tiny_data, tiny_graphs)
+    features = model.item_features()
+    assert list(features) == list(MODALITIES)
+    assert all(isinstance(f, torch.nn.Parameter) == fine_tuned for f in features.values())
+    before = {m: f.detach().clone() for m, f in features.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.loss(make_batch(tiny_data)).backward()
+    optimizer.step()
+    for m, f in features.items():
+        assert torch.equal(f.detach(), before[m]) != fine_tuned, m
+        assert np.array_equal(tiny_data.features()[m], original[m]), m
+
+
+# The clean node representation of the two node-representation models, computed directly.
+FRESH_REPRESENTATION = {
+    "MMGCN": lambda model: model.representation(model.image_features, model.text_features),
+    "GRCN": lambda model: model.representation_from(*model.encode(None, None), noisy=False),
+}
+CACHED_SCORER_CASES = [("MMGCN", {"trainable_id_and_preference": False}),
+                       ("MMGCN", {"trainable_id_and_preference": True}), ("GRCN", {})]
+
+
+def fresh_scores(base: str, model, users: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        rep = FRESH_REPRESENTATION[base](model)
+    return rep[users] @ rep[model.n_users :].T
+
+
+def train_step(model, batch) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.loss(batch).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("base, settings", CACHED_SCORER_CASES)
+def test_cached_scorer_is_one_step_stale_until_the_features_change(base, settings, tiny_data, tiny_graphs,
+                                                                   make_config):
+    torch.manual_seed(0)
+    model = build_model(make_config(base, model_params={"cache_prediction": True, **settings}), tiny_data, tiny_graphs)
+    users = torch.arange(tiny_data.n_users)
+    assert torch.equal(model.scorer()(users), fresh_scores(base, model, users))  # nothing cached yet: computed
+    before_step = fresh_scores(base, model, users)
+    train_step(model, make_batch(tiny_data))
+    stale = model.scorer()(users)
+    assert torch.equal(stale, before_step)
+    assert not torch.allclose(stale, fresh_scores(base, model, users))
+    # Features perturbed in place (robustness stage): the cache no longer applies.
+    with torch.no_grad():
+        model.item_features()["text"].add_(0.5)
+    assert torch.equal(model.scorer()(users), fresh_scores(base, model, users))
+
+
+@pytest.mark.parametrize("base", list(FRESH_REPRESENTATION))
+def test_recomputed_scorer_equals_a_fresh_forward(base, tiny_data, tiny_graphs, make_config):
+    torch.manual_seed(0)
+    model = build_model(make_config(base, model_params={"cache_prediction": False}), tiny_data, tiny_graphs)
+    users = torch.arange(tiny_data.n_users)
+    before_step = fresh_scores(base, model, users)
+    train_step(model, make_batch(tiny_data))
+    scores = model.scorer()(users)
+    assert torch.equal(scores, fresh_scores(base, model, users))
+    assert not torch.allclose(scores, before_step)

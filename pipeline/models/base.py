@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.dataset import MODALITIES, InteractionData
+from pipeline.graphs import Graphs
 
 # BM3 and FREEDOM visit the modalities text first, as their reference code does: the order fixes the
 # order of their random draws (DVIB noise, dropout masks), so it is kept for reproducibility.
@@ -107,6 +108,12 @@ class Recommender(nn.Module):
 
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
+
+    def require_graphs(self, graphs: Graphs | None, what: str) -> Graphs:
+        """`graphs`, or a ValueError naming the model and `what` it reads from them when there are none."""
+        if graphs is None:
+            raise ValueError(f"{type(self).__name__} needs the graph artefacts ({what}); got graphs=None")
+        return graphs
 
     def register_item_features(self, data: InteractionData, trainable: bool) -> None:
         """Copy the dataset's item features into the model as `<modality>_features`, [n_items, dim]:

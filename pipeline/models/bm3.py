@@ -70,8 +70,7 @@ class BM3(Recommender):
         discard_consistency: bool,
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("BM3 needs the graph artefacts (the normalised adjacency); got graphs=None")
+        graphs = self.require_graphs(graphs, "the normalised adjacency")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"models.BM3.dropout: expected 0 <= dropout < 1, got {dropout}")
         if n_layers < 0:

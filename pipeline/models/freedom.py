@@ -109,8 +109,7 @@ class FREEDOM(Recommender):
         n_ui_layers: int,
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("FREEDOM needs the graph artefacts (Â and the kNN item graphs); got graphs=None")
+        graphs = self.require_graphs(graphs, "Â and the kNN item graphs")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"models.FREEDOM.dropout: expected 0 <= dropout < 1, got {dropout}")
         if not 0.0 <= mm_image_weight <= 1.0:

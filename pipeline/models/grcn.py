@@ -64,8 +64,7 @@ class GRCN(NodeRepresentationModel):
         noisy_edge_relu: bool,
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("GRCN needs the graph artefacts (edge_index); got graphs=None")
+        graphs = self.require_graphs(graphs, "edge_index")
         self.n_users, self.n_items = data.n_users, data.n_items
         self.latent_dim = latent_dim
         self.reg_weight = reg_weight

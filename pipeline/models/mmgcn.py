@@ -100,8 +100,7 @@ class MMGCN(NodeRepresentationModel):
         text_noise_hidden: list[int],
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("MMGCN needs the graph artefacts (edge_index); got graphs=None")
+        graphs = self.require_graphs(graphs, "edge_index")
         self.n_users, self.n_items = data.n_users, data.n_items
         self.reg_weight = reg_weight
         self.cache_prediction = cache_prediction
