@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.model_names import parse_model_name
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -125,7 +127,7 @@ def from_mapping(cls: type, mapping: Any, where: str):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training-loop settings (SPEC §3)."""
+    """Training-loop settings (docs/method.md, "Training protocol")."""
 
     epochs: int = at_least(1)
     stopping_step: int = at_least(0)
@@ -142,7 +144,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Full-sort evaluation settings (SPEC §4)."""
+    """Full-sort evaluation settings (docs/method.md, "Evaluation protocol")."""
 
     topk: tuple[int, ...] = at_least(1)
     valid_metric: str
@@ -164,7 +166,7 @@ DIVERGENCES = ("js", "upstream")
 
 @dataclass(frozen=True)
 class DVIBConfig:
-    """Settings of the DVIB mechanism shared by every base model (SPEC §6)."""
+    """Settings of the DVIB mechanism shared by every base model (docs/method.md, "The method")."""
 
     noise_level: float = at_least(0.0)
     consistency_weight: float = between(0.0, 1.0)
@@ -251,8 +253,6 @@ class ExperimentConfig:
 
 def experiment_config(params: Mapping[str, Any], model: str, dataset: str) -> ExperimentConfig:
     """Assemble the config of one training run of `model` on `dataset` from params.yaml."""
-    from pipeline.models import parse_model_name  # local: the registry imports torch
-
     base, _variant = parse_model_name(model)
     seed = section(params, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int):

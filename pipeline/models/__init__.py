@@ -1,8 +1,8 @@
-"""Model registry: a model name is a base model plus an optional DVIB suffix ('c' or 'a').
+"""Model registry: each base model name (`pipeline.model_names.BASE_NAMES`) mapped to its class,
+and `build_model`, which builds the base model or DVIB around it.
 
-`VBPR` trains the base model, `VBPRc` and `VBPRa` wrap it in DVIB with constant or adaptive
-noise. The reference's upper-case suffixes (`VBPRC`, `VBPRA`) are accepted. Adding a base model
-means one new module and one line in `BASE_MODELS`; DVIB applies to it without another file.
+Adding a base model means one new module, its name in `BASE_NAMES` and one line in `BASE_MODELS`;
+DVIB applies to it without another file.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from torch import nn
 
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.dataset import InteractionData
-from pipeline.dvib import DVIB, VARIANTS
 from pipeline.graphs import Graphs
+from pipeline.model_names import BASE_NAMES, parse_model_name
 from pipeline.models.base import Recommender
 from pipeline.models.bm3 import BM3
+from pipeline.models.dvib import DVIB
 from pipeline.models.freedom import FREEDOM
 from pipeline.models.grcn import GRCN
 from pipeline.models.mmgcn import MMGCN
@@ -29,25 +30,8 @@ BASE_MODELS: dict[str, type[Recommender]] = {
     "BM3": BM3,
     "FREEDOM": FREEDOM,
 }
-
-
-class UnknownModelError(ValueError):
-    """A model name that is not a registered base with an optional c/a suffix."""
-
-
-def model_names() -> list[str]:
-    """All valid model names: each base, then its c and a variants."""
-    return [base + suffix for base in BASE_MODELS for suffix in ("", *VARIANTS)]
-
-
-def parse_model_name(name: str) -> tuple[str, str | None]:
-    """Split a model name into (base, variant) with variant in {None, 'c', 'a'}."""
-    if name in BASE_MODELS:
-        return name, None
-    base, suffix = name[:-1], name[-1:]
-    if base in BASE_MODELS and suffix.lower() in VARIANTS:
-        return base, suffix.lower()
-    raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+if tuple(BASE_MODELS) != BASE_NAMES:
+    raise ImportError(f"pipeline.models: BASE_MODELS {list(BASE_MODELS)} must list BASE_NAMES {list(BASE_NAMES)}, in order")
 
 
 def check_model_params(model: str, model_params: Mapping[str, Any]) -> None:
