@@ -27,7 +27,7 @@ def prepare_dataset(name: str, spec: dict, params: dict, root: Path) -> None:
             write_synthetic(staged, cfg, seed=int(synthetic["seed"]))
             load_mmrec(staged)
         return
-    from pipeline.sources import fetch_dataset  # network sources (gdown, url, local path)
+    from pipeline.sources.fetch import fetch_dataset  # network sources (gdown, url, local path)
 
     fetch_dataset(name, spec, root)
 
