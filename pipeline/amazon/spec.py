@@ -56,7 +56,7 @@ def resolve_amazon(name: str, spec: Mapping[str, Any], where: str) -> AmazonSour
     return AmazonSource(
         name=name,
         **paths,
-        k_core=_positive_int(spec, "k_core", where, 1),
+        k_core=_positive_int(spec, "k_core", where, 3),  # the split needs 3 rows per user
         split_seed=_positive_int(spec, "split_seed", where, 0),
         text_batch_size=_positive_int(spec, "text_batch_size", where, 1),
         device=spec["device"],
