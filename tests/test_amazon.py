@@ -337,6 +337,9 @@ def test_failed_rebuild_keeps_the_earlier_dataset(built, raw, tmp_path):
 def test_bad_registry_entries_are_config_errors(raw, overrides, expected):
     with pytest.raises(ConfigError, match=expected):
         resolve_source("office", _spec(raw, **overrides))
+
+
+def test_every_registry_key_is_required(raw):
     spec = _spec(raw)
     del spec["text_batch_size"]
     with pytest.raises(ConfigError, match=r"missing key\(s\) \['text_batch_size'\]"):

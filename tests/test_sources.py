@@ -321,11 +321,17 @@ def test_malformed_checksums_file_is_named(root, tiny_sizes, server):
         ({"source": "url", "url": None}, "datasets.baby.url is not set"),
         ({"source": "gdrive", "folder": FOLDER_ID, "url": "ftp://host/baby.zip"}, "http://, https:// or file://"),
         ({"source": "gdrive", "folder": FOLDER_ID, "expect": {"users": 1}}, "datasets.baby.expect"),
+        ({"source": "synthetic", "n_users": 10}, r"unknown key\(s\) \['n_users'\]"),
     ],
 )
 def test_bad_registry_entries_are_config_errors(spec, expected):
     with pytest.raises(ConfigError, match=expected):
         resolve_source("baby", spec)
+
+
+def test_a_built_source_is_not_fetched(root):
+    with pytest.raises(ConfigError, match="source 'synthetic' is built locally, not fetched"):
+        fetch_dataset("synthetic", {"source": "synthetic"}, root)
 
 
 def test_path_wins_over_url_which_wins_over_drive():
