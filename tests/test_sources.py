@@ -21,19 +21,13 @@ import yaml
 from gdown.exceptions import FileURLRetrievalError
 
 from conftest import TINY
-from pipeline import sources
 from pipeline.config import ConfigError
 from pipeline.dataset import DatasetError, load_mmrec
-from pipeline.sources import (
-    ChecksumError,
-    DriveFile,
-    FetchError,
-    fetch_dataset,
-    read_checksums,
-    resolve_source,
-    select_drive_files,
-    sha256_of,
-)
+from pipeline.sources import transfer
+from pipeline.sources.checksums import ChecksumError, read_checksums, sha256_of
+from pipeline.sources.fetch import FetchError, fetch_dataset
+from pipeline.sources.registry import resolve_source
+from pipeline.sources.transfer import DriveFile, select_drive_files
 from pipeline.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,16 +316,22 @@ def test_malformed_checksums_file_is_named(root, tiny_sizes, server):
     "spec, expected",
     [
         ({"source": "gdrive", "mirror": "x"}, "unknown key"),
-        ({"source": "ftp"}, "expected synthetic, gdrive, url or path"),
+        ({"source": "ftp"}, "expected one of synthetic, gdrive, url, path, amazon"),
         ({"source": "gdrive"}, "datasets.baby.folder"),
         ({"source": "url", "url": None}, "datasets.baby.url is not set"),
         ({"source": "gdrive", "folder": FOLDER_ID, "url": "ftp://host/baby.zip"}, "http://, https:// or file://"),
         ({"source": "gdrive", "folder": FOLDER_ID, "expect": {"users": 1}}, "datasets.baby.expect"),
+        ({"source": "synthetic", "n_users": 10}, r"unknown key\(s\) \['n_users'\]"),
     ],
 )
 def test_bad_registry_entries_are_config_errors(spec, expected):
     with pytest.raises(ConfigError, match=expected):
         resolve_source("baby", spec)
+
+
+def test_a_built_source_is_not_fetched(root):
+    with pytest.raises(ConfigError, match="source 'synthetic' is built locally, not fetched"):
+        fetch_dataset("synthetic", {"source": "synthetic"}, root)
 
 
 def test_path_wins_over_url_which_wins_over_drive():
@@ -385,9 +385,9 @@ def fake_drive(monkeypatch, server):
     """Drive stand-in: the listing is built here; each Drive id maps to a file of the local mirror."""
     urls = {"id-b-inter": "/baby/baby.inter", "id-b-image": "/baby/image_feat.npy", "id-b-text": "/baby/text_feat.npy",
             "id-c-zip": "/baby.zip"}
-    monkeypatch.setattr(sources, "list_drive_folder", lambda folder_id: LISTING)
+    monkeypatch.setattr(transfer, "list_drive_folder", lambda folder_id: LISTING)
     monkeypatch.setattr(
-        sources, "download_drive_file", lambda file, dest: sources.download_url(server + urls[file.id], dest)
+        transfer, "download_drive_file", lambda file, dest: transfer.download_url(server + urls[file.id], dest)
     )
 
 
@@ -403,8 +403,8 @@ def test_drive_quota_error_gets_its_own_message(monkeypatch, root, tiny_sizes):
             "Please try accessing the file again later."
         )
 
-    monkeypatch.setattr(sources, "list_drive_folder", lambda folder_id: LISTING)
-    monkeypatch.setattr(sources, "download_drive_file", refuse)
+    monkeypatch.setattr(transfer, "list_drive_folder", lambda folder_id: LISTING)
+    monkeypatch.setattr(transfer, "download_drive_file", refuse)
     with pytest.raises(FetchError) as info:
         fetch_dataset("baby", _spec(tiny_sizes), root)
     message = str(info.value)
@@ -418,7 +418,7 @@ def test_offline_drive_listing_fails_with_manual_instructions(monkeypatch, root,
         request = requests.Request("GET", "https://drive.google.com/embeddedfolderview?id=x").prepare()
         raise requests.exceptions.ConnectionError("Failed to resolve 'drive.google.com'", request=request)
 
-    monkeypatch.setattr(sources, "list_drive_folder", offline)
+    monkeypatch.setattr(transfer, "list_drive_folder", offline)
     with pytest.raises(FetchError) as info:
         fetch_dataset("baby", _spec(tiny_sizes), root)
     message = str(info.value)

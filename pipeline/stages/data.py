@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.amazon.build import build_amazon_dataset
 from pipeline.atomic import staged_directory
 from pipeline.config import ConfigError, SyntheticConfig, from_mapping, read_params, section
 from pipeline.dataset import DatasetError, load_mmrec
@@ -27,7 +28,10 @@ def prepare_dataset(name: str, spec: dict, params: dict, root: Path) -> None:
             write_synthetic(staged, cfg, seed=int(synthetic["seed"]))
             load_mmrec(staged)
         return
-    from pipeline.sources import fetch_dataset  # network sources (gdown, url, local path)
+    if source == "amazon":
+        build_amazon_dataset(name, spec, root)
+        return
+    from pipeline.sources.fetch import fetch_dataset  # network sources (gdown, url, local path)
 
     fetch_dataset(name, spec, root)
 
