@@ -18,7 +18,7 @@ from pipeline.config import (
 )
 from pipeline.models import check_model_params
 from pipeline.robustness import conditions_from_params
-from pipeline.sources import resolve_source
+from pipeline.sources.registry import resolve_source
 from pipeline.stages.common import needed_datasets, run_stage, setup_logging
 
 log = logging.getLogger("pipeline.stages.validate")
