@@ -1,13 +1,17 @@
 """Stage `report`: the full table's summary over seeds, robustness curves, figures and DVC plot data.
 
-Params: table (datasets, bases, variants, seeds). Reads, for every dataset × base × variant × seed,
+Params: table (datasets, bases, variants, seeds), datasets (which table datasets are derived). Reads, for every dataset × base × variant × seed,
 metrics/table/<dataset>/<model>/seed<k>.json (training run) and
 metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Writes
 - metrics/summary.json  {dataset: {model: seed means/stds, change vs base, robustness means}};
 - metrics/summary.md    the paper-style tables (see pipeline/report.py for the conventions);
 - metrics/figures/robustness_<dataset>_<base>.png  Recall@20 against noise level, base and variants;
 - metrics/plots/robustness_<dataset>_<base>.csv    the same curves for `dvc plots show/diff`
-  (columns noise_level, then one per variant: base, DVIBc, DVIBa).
+  (columns noise_level, then one per variant: base, DVIBc, DVIBa);
+- when the table holds datasets derived from another of its datasets (params `datasets`, `source:
+  derived`), the "trained on corrupted features" section: metrics/figures/corrupted_<clean>_<base>.png
+  and metrics/corruption_plots/corrupted_<clean>_<base>.csv (columns level, base, DVIBc, DVIBa;
+  level 0 = the clean dataset).
 """
 from __future__ import annotations
 
@@ -21,11 +25,16 @@ from typing import Mapping, Sequence
 
 from pipeline.atomic import staged_directory, write_json, write_text
 from pipeline.config import ConfigError, read_params, section
-from pipeline.report import CURVE_METRIC, display_name, markdown_report, model_name, noise_curve, short_metric, summarise_dataset
+from pipeline.derived import lineage as dataset_lineage
+from pipeline.report import (
+    CURVE_METRIC, corruption_curve, corruption_groups, corruption_markdown, display_name, markdown_report, model_name,
+    noise_curve, short_metric, summarise_dataset,
+)
 from pipeline.stages.common import setup_logging
 
 log = logging.getLogger("pipeline.stages.report")
 METRICS_DIR = Path("metrics")
+CORRUPTION_PLOTS = "corruption_plots"
 
 
 def run_path(root: Path, kind: str, dataset: str, model: str, seed: int) -> Path:
@@ -66,22 +75,51 @@ def curves_csv(summary: Mapping[str, Mapping], base: str, variants: Sequence[str
 def save_curve_figure(path: Path, summary: Mapping[str, Mapping], dataset: str, base: str,
                       variants: Sequence[str]) -> None:
     """A PNG of the curve metric against noise level for a base and its variants (std over seeds as bars)."""
+    curves = {v: noise_curve(summary[model_name(base, v)]) for v in variants}
+    plot_variant_curves(path, curves, base, "noise level (× feature std)", f"{base} on {dataset}")
+
+
+def plot_variant_curves(path: Path, curves: Mapping[str, Sequence[tuple[float, float, float]]], base: str,
+                        xlabel: str, title: str, xticks: Sequence[str] | None = None) -> None:
+    """A PNG with one line per variant of (x, mean, std) points, std over seeds as error bars."""
     from matplotlib.figure import Figure  # the object API draws with Agg and touches no global backend
 
     figure = Figure(figsize=(5.0, 3.6), layout="constrained")
     axes = figure.subplots()
-    for i, variant in enumerate(variants):
-        levels, means, stds = zip(*noise_curve(summary[model_name(base, variant)]))
+    for i, (variant, points) in enumerate(curves.items()):
+        xs, means, stds = zip(*points)
         # Shift each variant slightly along x so that overlapping error bars stay readable.
-        shift = (i - (len(variants) - 1) / 2) * 0.008 * (max(levels) - min(levels) or 1.0)
-        axes.errorbar([x + shift for x in levels], means, yerr=stds, marker="o", capsize=3,
+        shift = (i - (len(curves) - 1) / 2) * 0.008 * (max(xs) - min(xs) or 1.0)
+        axes.errorbar([x + shift for x in xs], means, yerr=stds, marker="o", capsize=3,
                       label=display_name(base, variant))
-    axes.set_xlabel("noise level (× feature std)")
+    if xticks is not None:
+        axes.set_xticks(range(len(xticks)), xticks)
+    axes.set_xlabel(xlabel)
     axes.set_ylabel(f"test {short_metric(CURVE_METRIC)}")
-    axes.set_title(f"{base} on {dataset}")
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.savefig(path, format="png", dpi=120, metadata={"Software": None})
+
+
+def corruption_csv(summaries: Mapping[str, Mapping], levels: Sequence[str], base: str, variants: Sequence[str]) -> str:
+    """CSV text of one base's test curve metric against corruption level: a row per level, a column per variant."""
+    columns = curve_columns(variants)
+    curves = {v: corruption_curve(summaries, levels, model_name(base, v), CURVE_METRIC) for v in variants}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["level", "dataset", *columns.values()])
+    for i, dataset in enumerate(levels):
+        writer.writerow([i, dataset, *(f"{curves[v][i][1]:.6f}" for v in variants)])
+    return out.getvalue()
+
+
+def save_corruption_figure(path: Path, summaries: Mapping[str, Mapping], levels: Sequence[str], base: str,
+                           variants: Sequence[str]) -> None:
+    """A PNG of the curve metric against corruption level (datasets as tick labels) for a base and its variants."""
+    curves = {v: corruption_curve(summaries, levels, model_name(base, v), CURVE_METRIC) for v in variants}
+    plot_variant_curves(path, curves, base, "training features (corruption level)",
+                        f"{base} trained on corrupted {levels[0]}", xticks=levels)
 
 
 def table_settings(params: Mapping) -> tuple[list[str], list[str], list[str], list[int]]:
@@ -99,8 +137,13 @@ def table_settings(params: Mapping) -> tuple[list[str], list[str], list[str], li
     return [str(d) for d in datasets], [str(b) for b in bases], [str(v or "") for v in variants], seeds
 
 
-def build_report(root: Path, datasets: list[str], bases: list[str], variants: list[str], seeds: list[int]) -> dict:
-    """Read every run, write summary.json, summary.md, figures and plot CSVs under `root`; return the summary."""
+def build_report(root: Path, datasets: list[str], bases: list[str], variants: list[str], seeds: list[int],
+                 lineage: Mapping[str, tuple[str, str]] | None = None) -> dict:
+    """Read every run, write summary.json, summary.md, figures and plot CSVs under `root`; return the summary.
+
+    `lineage`: {derived dataset: (its clean dataset, its corruption)}, from pipeline.derived.lineage.
+    """
+    lineage = lineage or {}
     models = [model_name(b, v) for b in bases for v in variants]
     summaries = {
         dataset: summarise_dataset(
@@ -110,23 +153,35 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
         for dataset in datasets
     }
     figures: dict[str, dict[str, str]] = {}
-    with staged_directory(root / "figures") as figure_dir, staged_directory(root / "plots") as plot_dir:
+    corruption_figures: dict[str, dict[str, str]] = {}
+    with (staged_directory(root / "figures") as figure_dir, staged_directory(root / "plots") as plot_dir,
+          staged_directory(root / CORRUPTION_PLOTS) as corruption_dir):
         for dataset, summary in summaries.items():
             for base in bases:
                 stem = f"robustness_{dataset}_{base}"
                 save_curve_figure(figure_dir / f"{stem}.png", summary, dataset, base, variants)
                 (plot_dir / f"{stem}.csv").write_text(curves_csv(summary, base, variants))
                 figures.setdefault(dataset, {})[base] = f"figures/{stem}.png"
+        for clean, derived in corruption_groups(datasets, lineage).items():
+            for base in bases:
+                stem = f"corrupted_{clean}_{base}"
+                save_corruption_figure(figure_dir / f"{stem}.png", summaries, [clean, *derived], base, variants)
+                (corruption_dir / f"{stem}.csv").write_text(corruption_csv(summaries, [clean, *derived], base, variants))
+                corruption_figures.setdefault(clean, {})[base] = f"figures/{stem}.png"
     write_json(root / "summary.json", summaries)
-    write_text(root / "summary.md", markdown_report(summaries, bases, variants, seeds, figures))
+    markdown = markdown_report(summaries, bases, variants, seeds, figures)
+    corrupted = corruption_markdown(summaries, lineage, bases, variants, corruption_figures)
+    write_text(root / "summary.md", f"{markdown}\n{corrupted}" if corrupted else markdown)
     return summaries
 
 
 def main() -> int:
     setup_logging()
     try:
-        datasets, bases, variants, seeds = table_settings(read_params())
-        build_report(METRICS_DIR, datasets, bases, variants, seeds)
+        params = read_params()
+        datasets, bases, variants, seeds = table_settings(params)
+        lineage = dataset_lineage(datasets, section(params, "datasets"))
+        build_report(METRICS_DIR, datasets, bases, variants, seeds, lineage)
     except (ConfigError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
