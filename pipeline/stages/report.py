@@ -1,6 +1,7 @@
 """Stage `report`: the full table's summary over seeds, robustness curves, figures and DVC plot data.
 
-Params: table (datasets, bases, variants, seeds), datasets (which table datasets are derived). Reads, for every dataset × base × variant × seed,
+Params: table (datasets, bases, variants, seeds), datasets (which of the table's datasets are
+derived). Reads, for every dataset × base × variant × seed,
 metrics/table/<dataset>/<model>/seed<k>.json (training run) and
 metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Writes
 - metrics/summary.json  {dataset: {model: seed means/stds, change vs base, robustness means}};
@@ -10,8 +11,8 @@ metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Wri
   (columns noise_level, then one per variant: base, DVIBc, DVIBa);
 - when the table holds datasets derived from another of its datasets (params `datasets`, `source:
   derived`), the "trained on corrupted features" section: metrics/figures/corrupted_<clean>_<base>.png
-  and metrics/corruption_plots/corrupted_<clean>_<base>.csv (columns level, base, DVIBc, DVIBa;
-  level 0 = the clean dataset).
+  and metrics/corruption_plots/corrupted_<clean>_<base>.csv (columns level, dataset,
+  base, DVIBc, DVIBa; level 0 = the clean dataset).
 """
 from __future__ import annotations
 
