@@ -116,6 +116,7 @@ def lineage(datasets: Iterable[str], registry: Mapping[str, Any]) -> dict[str, t
     for name in datasets:
         if is_derived(registry.get(name)):
             chain = source_chain(name, registry)
-            steps = [validate_derived_spec(n, registry[n], registry).corruption.describe() for n in reversed(chain[:-1])]
+            steps = [validate_derived_spec(n, registry[n], registry).corruption.describe()
+                     for n in reversed(chain[:-1])]
             out[name] = (chain[-1], " then ".join(steps))
     return out

@@ -273,8 +273,8 @@ def corruption_markdown(summaries: Mapping[str, Mapping], lineage: Mapping[str, 
         lines += [f"### {clean}", ""]
         lines += [f"- level {i}: `{d}`: {lineage[d][1]}" for i, d in enumerate(derived, start=1)] + [""]
         for metric in CORRUPTION_METRICS:
-            lines += [f"Test {short_metric(metric)}:", "", *corruption_table(summaries, levels, bases, variants, metric),
-                      ""]
+            table = corruption_table(summaries, levels, bases, variants, metric)
+            lines += [f"Test {short_metric(metric)}:", "", *table, ""]
         for base, path in figures.get(clean, {}).items():
             lines += [f"![{base} trained on corrupted {clean}: {short_metric(CURVE_METRIC)} against level]({path})", ""]
     return "\n".join(lines)

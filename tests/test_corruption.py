@@ -105,7 +105,8 @@ def test_input_arrays_are_never_modified(matrix):
 @pytest.mark.parametrize("corrupt, expected", [
     ({"image": {"noise": "high"}}, "datasets.x.corrupt.image.noise: expected a number, got 'high'"),
     ({"image": {"noise": -1}}, "datasets.x.corrupt.image.noise: expected a number >= 0"),
-    ({"image": {"noise": 1.0, "fraction": 1.5}}, "datasets.x.corrupt.image.fraction: expected a number >= 0, at most 1"),
+    ({"image": {"noise": 1.0, "fraction": 1.5}},
+     "datasets.x.corrupt.image.fraction: expected a number >= 0, at most 1"),
     ({"image": {"fraction": 0.5}}, "datasets.x.corrupt.image.fraction: the share of noisy items needs `noise`"),
     ({"image": {"replace": "mean"}}, "datasets.x.corrupt.image: `replace` (random|mean|zeros) and `replace_fraction`"),
     ({"image": {"replace": "median", "replace_fraction": 0.1}}, "datasets.x.corrupt.image.replace: expected one of"),

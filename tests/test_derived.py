@@ -14,7 +14,8 @@ from pipeline.derived import build_derived, build_order, lineage, source_chain, 
 from pipeline.stages import data as data_stage
 
 IMG50 = {"source": "derived", "from": "tiny", "seed": 1, "corrupt": {"image": {"noise": 1.0, "fraction": 0.5}}}
-TXT30 = {"source": "derived", "from": "img50", "seed": 2, "corrupt": {"text": {"replace": "mean", "replace_fraction": 0.3}}}
+TXT30 = {"source": "derived", "from": "img50", "seed": 2,
+         "corrupt": {"text": {"replace": "mean", "replace_fraction": 0.3}}}
 REGISTRY = {"tiny": {"source": "synthetic"}, "img50": IMG50, "img50_txt30": TXT30}
 
 

@@ -167,7 +167,8 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
             for base in bases:
                 stem = f"corrupted_{clean}_{base}"
                 save_corruption_figure(figure_dir / f"{stem}.png", summaries, [clean, *derived], base, variants)
-                (corruption_dir / f"{stem}.csv").write_text(corruption_csv(summaries, [clean, *derived], base, variants))
+                csv_text = corruption_csv(summaries, [clean, *derived], base, variants)
+                (corruption_dir / f"{stem}.csv").write_text(csv_text)
                 corruption_figures.setdefault(clean, {})[base] = f"figures/{stem}.png"
     write_json(root / "summary.json", summaries)
     markdown = markdown_report(summaries, bases, variants, seeds, figures)
