@@ -21,7 +21,7 @@ REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 MODALITIES = ("image", "text")  # the one modality list (and order) of the package
 FEATURE_FILES = {m: f"{m}_feat.npy" for m in MODALITIES}
 TRAIN, VALID, TEST = 0, 1, 2
-MAX_ID = 2**31 - 1  # larger ids cannot be contiguous in any real dataset
+MAX_ID = 2**31 - 1  # ids count from 0: a larger one would need that many users or feature rows
 
 
 class DatasetError(ValueError):
@@ -138,7 +138,7 @@ def read_interactions(path: Path) -> pd.DataFrame:
             row = _first_bad_row(values > MAX_ID)
             raise DatasetError(
                 f"{path}: line {row}, column {column}: value {text.iloc[row - 2]!r} is too large "
-                f"(ids are contiguous from 0; at most {MAX_ID})"
+                f"(ids count from 0; at most {MAX_ID})"
             )
         out[column] = values.astype(np.int64)
     labels = out["x_label"]
@@ -170,9 +170,25 @@ def _check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
         row = _first_bad_row(ids == count - 1)
         raise DatasetError(
             f"{path}: column {column}: ids must be contiguous from 0 to max ({count - 1}, line {row}); "
-            f"{count - len(distinct)} id(s) never appear, e.g. {_missing_ids(distinct)}"
+            f"{count - len(distinct)} id(s) never appear, e.g. {_missing_ids(distinct)}. To fix the data, "
+            f"re-index the {column} column to 0..{len(distinct) - 1} (e.g. in order of first appearance)"
         )
     return count
+
+
+def _count_items(path: Path, items: np.ndarray) -> int:
+    # MMRec's rule: n_items = max(itemID) + 1. Ids without any interaction are valid items (their
+    # feature rows exist) that are never relevant: they appear in no split, and negatives are drawn
+    # from train items only.
+    n_items = int(items.max()) + 1
+    distinct = np.unique(items)
+    n_gaps = n_items - len(distinct)
+    if n_gaps:
+        log.info(
+            "%s: %d of %d item ids have no interaction, e.g. %s: kept as items that are never relevant",
+            path, n_gaps, n_items, _missing_ids(distinct),
+        )
+    return n_items
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
@@ -236,7 +252,9 @@ def read_features(path: Path, n_items: int) -> np.ndarray:
         )
     if array.shape[0] > n_items:
         raise DatasetError(
-            f"{path}: has {array.shape[0]} rows, expected one per item: {n_items} (max itemID + 1 in the .inter file)"
+            f"{path}: has {array.shape[0]} rows, expected one per item: {n_items} (max itemID + 1 in the .inter file); "
+            f"rows {n_items}..{array.shape[0] - 1} belong to no item id: remove them, or check that the file "
+            f"belongs to this .inter file"
         )
     if array.shape[1] == 0:
         raise DatasetError(f"{path}: feature dimension is 0")
@@ -258,9 +276,22 @@ def _check_finite(path: Path, array: np.ndarray, context: str) -> None:
         )
 
 
-def load_mmrec(folder: str | Path) -> InteractionData:
-    """Load and validate an MMRec-format dataset folder; cold-start valid/test rows are dropped."""
+def load_mmrec(folder: str | Path, shown_as: str | Path | None = None) -> InteractionData:
+    """Load and validate an MMRec-format dataset folder; cold-start valid/test rows are dropped.
+
+    `shown_as`: the folder that errors name instead of `folder`, when `folder` is a staging copy
+    of the user's own files.
+    """
     folder = Path(folder)
+    if shown_as is None:
+        return _load_folder(folder)
+    try:
+        return _load_folder(folder)
+    except DatasetError as exc:
+        raise DatasetError(str(exc).replace(str(folder), str(shown_as))) from None
+
+
+def _load_folder(folder: Path) -> InteractionData:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: dataset folder not found")
     path = inter_path(folder)
@@ -269,7 +300,7 @@ def load_mmrec(folder: str | Path) -> InteractionData:
     if not (labels == TRAIN).any():
         raise DatasetError(f"{path}: no rows with x_label 0: the train split is empty")
     n_users = _check_contiguous(path, users, "userID")
-    n_items = _check_contiguous(path, items, "itemID")
+    n_items = _count_items(path, items)
 
     n_dup = int(frame.duplicated().sum())
     if n_dup:

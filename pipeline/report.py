@@ -202,3 +202,77 @@ def markdown_report(
         for base, path in figures.get(dataset, {}).items():
             lines += [f"![{base} on {dataset}: {short_metric(CURVE_METRIC)} against noise level]({path})", ""]
     return "\n".join(lines)
+
+
+# --- trained on corrupted features ----------------------------------------------------------------
+# A clean dataset of the table and the derived datasets of it that the table also holds form one
+# group: level 0 is the clean dataset, levels 1, 2, ... its derived datasets in `table.datasets` order.
+
+CORRUPTION_METRICS = ("recall@20", "ndcg@20")
+
+
+def corruption_groups(datasets: Sequence[str], lineage: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
+    """{clean dataset: [its derived datasets, in table order]} for every clean dataset of the table with any.
+
+    `lineage` maps a derived dataset to (the non-derived dataset it comes from, its corruption).
+    """
+    groups: dict[str, list[str]] = {}
+    for name in datasets:
+        if name in lineage and lineage[name][0] in datasets:
+            groups.setdefault(lineage[name][0], []).append(name)
+    return groups
+
+
+def corruption_curve(summaries: Mapping[str, Mapping], levels: Sequence[str], model: str,
+                     metric: str) -> list[tuple[int, float, float]]:
+    """(level, mean, std over seeds) of `model`'s test `metric` on each dataset of `levels` (clean first)."""
+    return [
+        (level, summaries[dataset][model]["test"][metric], summaries[dataset][model]["test_std"][metric])
+        for level, dataset in enumerate(levels)
+    ]
+
+
+def corruption_table(summaries: Mapping[str, Mapping], levels: Sequence[str], bases: Sequence[str],
+                     variants: Sequence[str], metric: str) -> list[str]:
+    """Markdown lines: a row per model, a column per corruption level; in brackets the change against clean."""
+    header = ["Model", *(f"{d} (level {i})" if i else f"{d} (clean)" for i, d in enumerate(levels))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for base in bases:
+        for variant in variants:
+            name = model_name(base, variant)
+            curve = corruption_curve(summaries, levels, name, metric)
+            n_seeds = summaries[levels[0]][name]["n_seeds"]
+            clean = curve[0][1]
+            cells = []
+            for level, mean, std in curve:
+                cell = _cell(mean, std, n_seeds)
+                if level and clean:
+                    cell += f" ({100.0 * (mean / clean - 1.0):+.1f}%)"
+                cells.append(cell)
+            lines.append("| " + " | ".join([display_name(base, variant), *cells]) + " |")
+    return lines
+
+
+def corruption_markdown(summaries: Mapping[str, Mapping], lineage: Mapping[str, tuple[str, str]],
+                        bases: Sequence[str], variants: Sequence[str], figures: Mapping[str, Mapping[str, str]]) -> str:
+    """The 'trained on corrupted features' section of summary.md ('' when the table has no such group)."""
+    groups = corruption_groups(list(summaries), lineage)
+    if not groups:
+        return ""
+    lines = [
+        "## Trained on corrupted features", "",
+        "Each model trained and tested on a clean dataset (level 0) and on datasets derived from it whose "
+        "training features were corrupted (`source: derived` in params.yaml; interactions and splits "
+        "unchanged). Test metrics at the best-validation epoch, mean ± std over seeds; in brackets the "
+        "change of the mean against the same model on the clean dataset.", "",
+    ]
+    for clean, derived in groups.items():
+        levels = [clean, *derived]
+        lines += [f"### {clean}", ""]
+        lines += [f"- level {i}: `{d}`: {lineage[d][1]}" for i, d in enumerate(derived, start=1)] + [""]
+        for metric in CORRUPTION_METRICS:
+            table = corruption_table(summaries, levels, bases, variants, metric)
+            lines += [f"Test {short_metric(metric)}:", "", *table, ""]
+        for base, path in figures.get(clean, {}).items():
+            lines += [f"![{base} trained on corrupted {clean}: {short_metric(CURVE_METRIC)} against level]({path})", ""]
+    return "\n".join(lines)

@@ -73,7 +73,7 @@ def fetch_dataset(name: str, spec: Mapping[str, Any], root: str | Path) -> Path:
             except ChecksumError as exc:
                 raise ChecksumError(f"{exc}\n{discarded}") from None
             try:
-                _check_sizes(staged, source)
+                _check_sizes(staged, source, shown_as=source.location if source.kind == "path" else None)
             except DatasetError as exc:
                 raise DatasetError(f"{name} from {source.describe()} failed validation: {exc}\n{discarded}") from None
     finally:
@@ -83,8 +83,8 @@ def fetch_dataset(name: str, spec: Mapping[str, Any], root: str | Path) -> Path:
     return target
 
 
-def _check_sizes(folder: Path, source: DatasetSource) -> None:
-    data = load_mmrec(folder)
+def _check_sizes(folder: Path, source: DatasetSource, shown_as: str | None = None) -> None:
+    data = load_mmrec(folder, shown_as=shown_as)
     if source.expect is None:
         return
     actual = {

@@ -1,6 +1,7 @@
 """Stage `report`: the full table's summary over seeds, robustness curves, figures and DVC plot data.
 
-Params: table (datasets, bases, variants, seeds). Reads, for every dataset × base × variant × seed,
+Params: table (datasets, bases, variants, seeds), datasets (which of the table's datasets are
+derived). Reads, for every dataset × base × variant × seed,
 metrics/table/<dataset>/<model>/seed<k>.json (training run) and
 metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Writes
 - metrics/summary.json  {dataset: {model: seed means/stds, change vs base, robustness means}};
@@ -12,6 +13,10 @@ metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Wri
 - metrics/plots/curves/<dataset>_<base>.csv  validation Recall@20 per epoch of base, +DVIBc and
   +DVIBa (step, variant, recall@20; mean over the seeds that reached the epoch), from the table's
   dvclive curves under metrics/curves.
+- when the table holds datasets derived from another of its datasets (params `datasets`, `source:
+  derived`), the "trained on corrupted features" section: metrics/figures/corrupted_<clean>_<base>.png
+  and metrics/plots/corrupted/<clean>_<base>.csv (level, dataset, variant, recall@20; level 0 = the
+  clean dataset).
 """
 from __future__ import annotations
 
@@ -24,10 +29,11 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pipeline.atomic import staged_directory, write_json, write_text
-from pipeline.config import read_params, table_config
+from pipeline.config import read_params, section, table_config
+from pipeline.derived import lineage as dataset_lineage
 from pipeline.report import (
-    CURVE_METRIC, NO_FEATURES_MARK, NO_FEATURES_NOTE, display_name, markdown_report, model_name, noise_curve,
-    short_metric, summarise_dataset, variant_label,
+    CURVE_METRIC, NO_FEATURES_MARK, NO_FEATURES_NOTE, corruption_curve, corruption_groups, corruption_markdown,
+    display_name, markdown_report, model_name, noise_curve, short_metric, summarise_dataset, variant_label,
 )
 from pipeline.stages.common import run_stage, setup_logging
 
@@ -85,29 +91,65 @@ def _variant_order(column: pd.Series) -> pd.Series:
 def save_curve_figure(path: Path, summary: Mapping[str, Mapping], dataset: str, base: str,
                       variants: Sequence[str]) -> None:
     """A PNG of the curve metric against noise level for a base and its variants (std over seeds as bars)."""
+    curves = {v: noise_curve(summary[model_name(base, v)]) for v in variants}
+    blind = not all(summary[model_name(base, v)]["scores_respond_to_features"] for v in variants)
+    plot_variant_curves(path, curves, base, "noise level (× feature std)",
+                        f"{base} on {dataset}" + (f" {NO_FEATURES_MARK}" if blind else ""),
+                        note=NO_FEATURES_NOTE if blind else None)
+
+
+def plot_variant_curves(path: Path, curves: Mapping[str, Sequence[tuple[float, float, float]]], base: str,
+                        xlabel: str, title: str, xticks: Sequence[str] | None = None, note: str | None = None) -> None:
+    """A PNG with one line per variant of (x, mean, std) points, std over seeds as error bars."""
     from matplotlib.figure import Figure  # the object API draws with Agg and touches no global backend
 
     figure = Figure(figsize=(5.0, 3.6), layout="constrained")
     axes = figure.subplots()
-    for i, variant in enumerate(variants):
-        levels, means, stds = zip(*noise_curve(summary[model_name(base, variant)]))
+    for i, (variant, points) in enumerate(curves.items()):
+        xs, means, stds = zip(*points)
         # Shift each variant slightly along x so that overlapping error bars stay readable.
-        shift = (i - (len(variants) - 1) / 2) * 0.008 * (max(levels) - min(levels) or 1.0)
-        axes.errorbar([x + shift for x in levels], means, yerr=stds, marker="o", capsize=3,
+        shift = (i - (len(curves) - 1) / 2) * 0.008 * (max(xs) - min(xs) or 1.0)
+        axes.errorbar([x + shift for x in xs], means, yerr=stds, marker="o", capsize=3,
                       label=display_name(base, variant))
-    axes.set_xlabel("noise level (× feature std)")
+    if xticks is not None:
+        axes.set_xticks(range(len(xticks)), xticks)
+    axes.set_xlabel(xlabel)
     axes.set_ylabel(f"test {short_metric(CURVE_METRIC)}")
-    blind = not all(summary[model_name(base, v)]["scores_respond_to_features"] for v in variants)
-    axes.set_title(f"{base} on {dataset}" + (f" {NO_FEATURES_MARK}" if blind else ""))
-    if blind:
-        figure.text(0.01, 0.01, NO_FEATURES_NOTE, fontsize=7, alpha=0.8)
+    axes.set_title(title)
+    if note:
+        figure.text(0.01, 0.01, note, fontsize=7, alpha=0.8)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.savefig(path, format="png", dpi=120, metadata={"Software": None})
 
 
-def build_report(root: Path, datasets: list[str], bases: list[str], variants: list[str], seeds: list[int]) -> dict:
-    """Read every run, write summary.json, summary.md, figures and plot CSVs under `root`; return the summary."""
+def corruption_frame(summaries: Mapping[str, Mapping], levels: Sequence[str], base: str,
+                     variants: Sequence[str]) -> pd.DataFrame:
+    """Long-format test curve metric of one base against corruption level: a row per (level, variant)."""
+    rows = [
+        {"level": i, "dataset": dataset, "variant": variant_label(v), CURVE_METRIC: mean}
+        for v in variants
+        for i, (dataset, (_level, mean, _std)) in enumerate(
+            zip(levels, corruption_curve(summaries, levels, model_name(base, v), CURVE_METRIC)))
+    ]
+    return pd.DataFrame(rows, columns=["level", "dataset", "variant", CURVE_METRIC])
+
+
+def save_corruption_figure(path: Path, summaries: Mapping[str, Mapping], levels: Sequence[str], base: str,
+                           variants: Sequence[str]) -> None:
+    """A PNG of the curve metric against corruption level (datasets as tick labels) for a base and its variants."""
+    curves = {v: corruption_curve(summaries, levels, model_name(base, v), CURVE_METRIC) for v in variants}
+    plot_variant_curves(path, curves, base, "training features (corruption level)",
+                        f"{base} trained on corrupted {levels[0]}", xticks=levels)
+
+
+def build_report(root: Path, datasets: list[str], bases: list[str], variants: list[str], seeds: list[int],
+                 lineage: Mapping[str, tuple[str, str]] | None = None) -> dict:
+    """Read every run, write summary.json, summary.md, figures and plot CSVs under `root`; return the summary.
+
+    `lineage`: {derived dataset: (its clean dataset, its corruption)}, from pipeline.derived.lineage.
+    """
+    lineage = lineage or {}
     models = [model_name(b, v) for b in bases for v in variants]
     summaries = {
         dataset: summarise_dataset(
@@ -117,9 +159,10 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
         for dataset in datasets
     }
     figures: dict[str, dict[str, str]] = {}
+    corruption_figures: dict[str, dict[str, str]] = {}
     with staged_directory(root / "figures") as figure_dir, staged_directory(root / "plots") as plot_dir:
-        (plot_dir / "robustness").mkdir()
-        (plot_dir / "curves").mkdir()
+        for kind in ("robustness", "curves", "corrupted"):
+            (plot_dir / kind).mkdir()
         for dataset, summary in summaries.items():
             for base in bases:
                 stem = f"{dataset}_{base}"
@@ -129,14 +172,27 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
                 learning_curve_frame(root, dataset, base, variants, seeds).to_csv(
                     plot_dir / "curves" / f"{stem}.csv", index=False, float_format="%.6g")
                 figures.setdefault(dataset, {})[base] = f"figures/robustness_{stem}.png"
+        for clean, derived in corruption_groups(datasets, lineage).items():
+            for base in bases:
+                stem = f"{clean}_{base}"
+                save_corruption_figure(figure_dir / f"corrupted_{stem}.png", summaries, [clean, *derived], base,
+                                       variants)
+                corruption_frame(summaries, [clean, *derived], base, variants).to_csv(
+                    plot_dir / "corrupted" / f"{stem}.csv", index=False, float_format="%.6g")
+                corruption_figures.setdefault(clean, {})[base] = f"figures/corrupted_{stem}.png"
     write_json(root / "summary.json", summaries)
-    write_text(root / "summary.md", markdown_report(summaries, bases, variants, seeds, figures))
+    markdown = markdown_report(summaries, bases, variants, seeds, figures)
+    corrupted = corruption_markdown(summaries, lineage, bases, variants, corruption_figures)
+    write_text(root / "summary.md", f"{markdown}\n{corrupted}" if corrupted else markdown)
     return summaries
 
 
 def run() -> None:
-    table = table_config(read_params())
-    build_report(METRICS_DIR, list(table.datasets), list(table.bases), list(table.variants), list(table.seeds))
+    params = read_params()
+    table = table_config(params)
+    lineage = dataset_lineage(list(table.datasets), section(params, "datasets"))
+    build_report(METRICS_DIR, list(table.datasets), list(table.bases), list(table.variants), list(table.seeds),
+                 lineage)
     print((METRICS_DIR / "summary.md").read_text())
 
 

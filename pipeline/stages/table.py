@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.config import ConfigError, read_params, section
-from pipeline.report import mean_std
+from pipeline.seed_stats import mean_std
 from pipeline.stages import train
 from pipeline.stages.common import run_stage, setup_logging
 
