@@ -106,10 +106,11 @@ class TrainConfig:
     weight_decay: float
     device: str
     threads: int
+    checkpoint_every: int  # epochs between two saves of the resumable state
 
     def validate(self, where: str) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.stopping_step < 0:
-            raise ConfigError(f"{where}: epochs and batch_size must be >= 1, stopping_step >= 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.stopping_step < 0 or self.checkpoint_every < 1:
+            raise ConfigError(f"{where}: epochs, batch_size and checkpoint_every must be >= 1, stopping_step >= 0")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
