@@ -1,10 +1,12 @@
 """Resuming killed runs: a real SIGKILL of the train/table stage, a re-run, and the uninterrupted run's
-exact metrics and curves; damaged, stale and unwritable resume states; `dvc repro` killed and re-run."""
+exact metrics and curves; damaged, stale and unwritable resume states; `dvc repro` killed and re-run;
+the trainer's progress output."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import errno
+import io
 import json
 import logging
 import os
@@ -21,8 +23,10 @@ import yaml
 
 import pipeline.atomic
 from pipeline.graphs import write_graphs
+from pipeline.models import build_model
 from pipeline.resume import ResumeStateError, ResumeStore, run_key
 from pipeline.stages import train as train_stage
+from pipeline.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -315,3 +319,34 @@ def test_dvc_repro_killed_mid_run_resumes_and_ends_clean(tmp_path):
     assert list((work / "models/resume/train").iterdir()) == []
     assert "up to date" in dvc("status", "train")
     assert outcome(work) == run_in_process(work, "FREEDOM", "uninterrupted")
+
+
+# ---------------------------------------------------------------- progress
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, is_terminal: bool):
+        super().__init__()
+        self.is_terminal = is_terminal
+
+    def isatty(self) -> bool:
+        return self.is_terminal
+
+
+@pytest.mark.parametrize("is_terminal", [True, False])
+def test_epochs_show_a_batch_progress_bar_only_on_a_terminal(tiny_data, tiny_graphs, make_config, monkeypatch,
+                                                            caplog, is_terminal):
+    cfg = make_config("VBPR", train={"epochs": 2})
+    stderr = _Terminal(is_terminal)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with caplog.at_level(logging.INFO, logger="pipeline.trainer"):
+        train(build_model(cfg, tiny_data, tiny_graphs), tiny_data, cfg, torch.device("cpu"))
+    n_batches = -(-len(tiny_data.train) // cfg.train.batch_size)
+    bars = stderr.getvalue()
+    if is_terminal:
+        # tqdm redraws at most every 0.1 s: these tiny epochs show the bar's first frame (count, ETA)
+        for epoch in (0, 1):
+            assert f"epoch {epoch}:   0%|" in bars and f"| 0/{n_batches} [00:00<?, ?batch/s]" in bars
+    else:
+        assert bars == ""
+    assert [r.getMessage().split()[:2] for r in caplog.records] == [["epoch", "0"], ["epoch", "1"]]
