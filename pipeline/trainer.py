@@ -130,9 +130,10 @@ class LoopState:
 
     def to_state(self, objective, optimizer, generator) -> dict[str, Any]:
         """The resumable state of the run: this loop state, weights, optimizer and every RNG."""
+        best_is_current = self.best_epoch == self.next_epoch - 1  # then the weights are the best: save them once
         return {
             "loop": {k: v for k, v in vars(self).items() if k != "best_state"},
-            "best_state": self.best_state,
+            "best_state": None if best_is_current else self.best_state,
             "model": objective.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": capture_rng(generator),
@@ -144,7 +145,8 @@ class LoopState:
         objective.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"], generator)
-        return cls(**state["loop"], best_state=state["best_state"])
+        best_state = state["best_state"] if state["best_state"] is not None else _snapshot(objective)
+        return cls(**state["loop"], best_state=best_state)
 
 
 def train(

@@ -350,3 +350,33 @@ def test_epochs_show_a_batch_progress_bar_only_on_a_terminal(tiny_data, tiny_gra
     else:
         assert bars == ""
     assert [r.getMessage().split()[:2] for r in caplog.records] == [["epoch", "0"], ["epoch", "1"]]
+
+
+# ---------------------------------------------------------------- every model, in process
+
+
+def _train_from(cfg, data, graphs, state=None, keep=None):
+    """Train a freshly built objective (resumed from `state` if given); `keep` collects each saved state."""
+    torch.manual_seed(cfg.seed)
+    objective = build_model(cfg, data, graphs)
+
+    def save(s):
+        buffer = io.BytesIO()
+        torch.save(s, buffer)
+        keep.append(buffer.getvalue())
+
+    return train(objective, data, cfg, torch.device("cpu"), resume_from=state,
+                 save_state=save if keep is not None else None)
+
+
+@pytest.mark.parametrize("model", [b + v for b in ("VBPR", "MMGCN", "GRCN", "BM3", "FREEDOM") for v in ("", "c", "a")])
+def test_resuming_from_any_saved_epoch_gives_the_same_run(tiny_data, tiny_graphs, make_config, model):
+    cfg = make_config(model, train={"epochs": 3, "stopping_step": 5})
+    states: list[bytes] = []
+    full = _train_from(cfg, tiny_data, tiny_graphs, keep=states)
+    assert len(states) == 3
+    for saved in states[:2]:  # after epoch 0 (the best so far), after epoch 1
+        resumed = _train_from(cfg, tiny_data, tiny_graphs, state=torch.load(io.BytesIO(saved), weights_only=True))
+        assert (resumed.best_epoch, resumed.epochs_run, resumed.status) == (full.best_epoch, full.epochs_run, full.status)
+        assert resumed.valid == full.valid and resumed.test == full.test
+        assert all(torch.equal(resumed.best_state[k], v) for k, v in full.best_state.items())
