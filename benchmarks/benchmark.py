@@ -7,13 +7,16 @@ Usage, from the project root:
   .venv/bin/python benchmarks/benchmark.py --size small           # quick: a small set, same feature widths
   .venv/bin/python benchmarks/benchmark.py --models VBPR VBPRc --epochs 5
   .venv/bin/python benchmarks/benchmark.py --device cuda --in-process
-  .venv/bin/python benchmarks/benchmark.py --train FREEDOMa --device cuda   # one full early-stopped run
+  .venv/bin/python benchmarks/benchmark.py --stage-dir /tmp/bench-project --max-epochs 300
+      # then, for one full early-stopped run by the pipeline's own train stage:
+      # cd /tmp/bench-project && python -m pipeline.stages.train --model FREEDOMa --dataset benchmark \
+      #     --metrics train.json --checkpoint train.pt --curves curves
 
 What it does:
   1. Generates a synthetic MMRec dataset with the project's generator (Baby-sized: 19,445 users,
      7,050 items, ~160,000 interactions, 4096-d image and 384-d text features; params.yaml's
-     `synthetic` knobs) into a cache folder outside data/ (--cache-dir), once, with its graphs
-     (pipeline.graphs.graphs_in_memory).
+     `synthetic` knobs) into a cache folder outside data/ (--cache-dir), once, with its graph files
+     as the graphs stage writes them (pipeline.graphs.write_graphs).
   2. Measures the machine: median GFLOP/s of torch.mm on representative shapes and the copy
      bandwidth, before and after the models (a difference between the two means the machine was busy).
   3. For each combination, in a fresh subprocess (so the peak RSS is that combination's), builds
@@ -26,7 +29,7 @@ Columns: epoch s = median seconds per training epoch [min-max]; cpu s = median C
 process per epoch, all threads (with --threads 1 on a busy machine: the epoch's work without the
 wait for a CPU; with several threads it also counts their spin-waits); ref s = the reference
 implementation's seconds per epoch on the Baby-sized set (2-core CPU, torch 2.13, 2 threads;
-SPEC §7), comparable only for --size baby on a 2-core CPU; speed-up = ref (low end) / ours;
+docs/speed.md, "The reference implementation"), comparable only for --size baby on a 2-core CPU; speed-up = ref (low end) / ours;
 floor s = unavoidable matrix-product FLOPs / best measured matmul rate + Adam's minimal memory
 traffic / copy bandwidth; x floor = ours / floor s; eval s = median seconds per full-sort
 evaluation of the validation split; peak MB = peak RSS of the combination's process (CPU) or
@@ -42,7 +45,6 @@ import math
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -53,21 +55,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.floors import Workload, adam_bytes, epoch_floor, evaluation_floor  # noqa: E402
+from pipeline.atomic import staged_directory, write_json, write_text  # noqa: E402
 from pipeline.config import SyntheticConfig, experiment_config, from_mapping, read_params, section  # noqa: E402
 from pipeline.dataset import InteractionData, load_mmrec  # noqa: E402
 from pipeline.evaluation import Evaluator  # noqa: E402
-from pipeline.graphs import Graphs, graphs_in_memory, knn_adjacency  # noqa: E402
-from pipeline.models import build_model, model_names, parse_model_name  # noqa: E402
+from pipeline.graphs import Graphs, knn_adjacency, load_graphs, write_graphs  # noqa: E402
+from pipeline.model_names import model_names, parse_model_name  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR  # noqa: E402
 from pipeline.synthetic import write_synthetic  # noqa: E402
-from pipeline.trainer import (  # noqa: E402
-    TrainRows, configure_runtime, make_optimizer, resolve_device, train, train_epoch,
-)
+from pipeline.trainer import TrainRows, configure_runtime, make_optimizer, resolve_device, train_epoch  # noqa: E402
 
 # Dataset sizes: users, items, mean interactions per user (~160,000 interactions for Baby).
 SIZES = {
@@ -76,7 +80,7 @@ SIZES = {
 }
 FEATURE_DIMS = {"image_dim": 4096, "text_dim": 384}
 
-# The reference implementation's seconds per training epoch (SPEC §7 and the project brief):
+# The reference implementation's seconds per training epoch (docs/speed.md, "The reference implementation"):
 # (low, high); high None means "more than low" (the run was stopped).
 REFERENCE_EPOCH_SECONDS = {
     "VBPR": (12.7, 12.7), "VBPRc": (86.0, 104.0), "VBPRa": (87.0, 87.0),
@@ -102,53 +106,41 @@ def synthetic_config(size: str, params: dict) -> SyntheticConfig:
     return replace(cfg, **SIZES[size], **FEATURE_DIMS)
 
 
+DATASET = "benchmark"  # the dataset's name: its folder and its `.inter` file
+LAYOUT = 2  # of the cache folder: <DATASET>/ (MMRec files) and graphs/ (the graphs stage's files)
+
+
 def prepare_dataset(size: str, params: dict, cache_dir: Path) -> Path:
-    """Generate (once) the dataset of `size` and its graphs under `cache_dir`; return its folder."""
+    """Generate (once) the dataset of `size` and its graph files under `cache_dir`; return the folder
+    holding `benchmark/` (the MMRec-format dataset) and `graphs/` (as the graphs stage writes them)."""
     cfg = synthetic_config(size, params)
     seed = section(params, "synthetic.seed")
     knn_k = section(params, "graphs.knn_k")
-    key = json.dumps({"cfg": asdict(cfg), "seed": seed, "knn_k": knn_k}, sort_keys=True)
+    key = json.dumps({"cfg": asdict(cfg), "seed": seed, "knn_k": knn_k, "layout": LAYOUT}, sort_keys=True)
     folder = cache_dir / f"{size}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     if (folder / "ready").is_file():
         return folder
-    staging = Path(tempfile.mkdtemp(prefix=f".{size}-", dir=cache_dir))
     tick = time.perf_counter()
-    write_synthetic(staging / "data", cfg, seed)
-    graphs = graphs_in_memory(load_mmrec(staging / "data"), knn_k)
-    torch.save(
-        {
-            "n_users": graphs.n_users,
-            "n_items": graphs.n_items,
-            "norm_adj_indices": graphs.norm_adj.indices(),
-            "norm_adj_values": graphs.norm_adj.values(),
-            "edge_index": graphs.edge_index,
-            "knn": graphs.knn,
-        },
-        staging / "graphs.pt",
-    )
-    (staging / "config.json").write_text(key + "\n")
-    (staging / "ready").write_text(f"built in {time.perf_counter() - tick:.1f}s\n")
-    if folder.exists():  # a concurrent run finished first
-        shutil.rmtree(staging)
-        return folder
-    staging.rename(folder)
+    with staged_directory(folder) as staging:
+        write_synthetic(staging / DATASET, cfg, seed)
+        write_graphs(staging / "graphs", load_mmrec(staging / DATASET), knn_k)
+        write_text(staging / "config.json", key + "\n")
+        write_text(staging / "ready", f"built in {time.perf_counter() - tick:.1f}s\n")
     return folder
 
 
-def load_graphs_cache(folder: Path, device: torch.device) -> Graphs:
-    """The graphs written by `prepare_dataset`, on `device`."""
-    saved = torch.load(folder / "graphs.pt", weights_only=True)
-    n = saved["n_users"] + saved["n_items"]
-    norm_adj = torch.sparse_coo_tensor(
-        saved["norm_adj_indices"], saved["norm_adj_values"], (n, n), check_invariants=True
-    ).coalesce()
-    return Graphs(
-        n_users=saved["n_users"],
-        n_items=saved["n_items"],
-        norm_adj=norm_adj.to(device),
-        edge_index=saved["edge_index"].to(device),
-        knn={m: t.to(device) for m, t in saved["knn"].items()},
-    )
+def write_stage_project(folder: Path, params: dict, stage_dir: Path, device: str, max_epochs: int) -> None:
+    """Make `stage_dir` a project folder in which the pipeline's stages run on the benchmark set:
+    data/datasets/benchmark and data/graphs/benchmark link to the cache, and params.yaml is this
+    project's with `train.device` and `train.epochs` set (run from it: `python -m pipeline.stages.train
+    --model NAME --dataset benchmark ...`, with this repository on PYTHONPATH)."""
+    settings = dict(params, train={**section(params, "train"), "device": device, "epochs": max_epochs})
+    for link, target in ((Path(DATASETS_DIR) / DATASET, folder / DATASET), (Path(GRAPHS_DIR) / DATASET, folder / "graphs")):
+        path = stage_dir / link
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.symlink_to(target.resolve(), target_is_directory=True)
+    write_text(stage_dir / "params.yaml", yaml.safe_dump(settings, sort_keys=False))
 
 
 def workload(data: InteractionData, graphs: Graphs, batch_size: int) -> Workload:
@@ -288,8 +280,8 @@ def measure_combination(model: str, folder: Path, args: argparse.Namespace) -> d
     device = resolve_device(args.device)
     apply_runtime(args)
     cfg = experiment_config(read_params(ROOT / "params.yaml"), model, "benchmark")
-    data = load_mmrec(folder / "data")
-    graphs = load_graphs_cache(folder, device)
+    data = load_mmrec(folder / DATASET)
+    graphs = load_graphs(folder / "graphs", device)
     valid_eval = Evaluator(data, data.valid, cfg.eval.topk, cfg.eval.batch_size, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -508,18 +500,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the generated dataset is kept between runs (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON output (default benchmarks/results/<device>.json, <device>-small.json for small)")
-    parser.add_argument("--train", metavar="NAME",
-                        help="instead of the benchmark: one full early-stopped training of NAME on the set "
-                             "(params.yaml's settings, at most --max-epochs); JSON to train-NAME-<device>.json")
-    parser.add_argument("--max-epochs", type=int, default=1000, help="epoch cap of --train (default 1000)")
+    parser.add_argument("--stage-dir", type=Path, default=None,
+                        help="instead of the benchmark: prepare the set and make this folder a project in which "
+                             "the pipeline's stages run on it (dataset `benchmark`; see the usage above)")
+    parser.add_argument("--max-epochs", type=int, default=1000,
+                        help="train.epochs of the --stage-dir project's params.yaml (default 1000)")
     parser.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--dataset-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.eval_repeats < 1 or args.warmup < 0:
         parser.error("--epochs and --eval-repeats must be >= 1, --warmup >= 0")
-    if args.train and args.train not in model_names():
-        parser.error(f"unknown model {args.train!r}; registered: {' '.join(model_names())}")
     if args.models:
         unknown = [m for m in args.models if m not in model_names()]
         if unknown:
@@ -527,16 +518,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _default_output(device: torch.device, size: str, stem: str = "") -> Path:
+def _default_output(device: torch.device, size: str) -> Path:
     suffix = "" if size == "baby" else "-" + size
-    return ROOT / "benchmarks" / "results" / f"{stem}{device.type}{suffix}.json"
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    return ROOT / "benchmarks" / "results" / f"{device.type}{suffix}.json"
 
 
 def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: torch.device) -> int:
@@ -544,8 +528,8 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     what it measured."""
     started = time.perf_counter()
     models = args.models or model_names()
-    data = load_mmrec(folder / "data")
-    graphs = load_graphs_cache(folder, torch.device("cpu"))
+    data = load_mmrec(folder / DATASET)
+    graphs = load_graphs(folder / "graphs")
     batch_size = section(params, "train.batch_size")
     w = workload(data, graphs, batch_size)
     n_eval_users = len(np.unique(data.valid.users))
@@ -582,7 +566,7 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
         else:
             print(f"{model}: {result.get('status')} {result.get('log_tail', '')}", file=sys.stderr, flush=True)
         report["results"].append(result)
-        _write_json(output, report)
+        write_json(output, report)
 
     after = measure_machine(device)
     machine["load_average_after"] = os.getloadavg()
@@ -597,7 +581,7 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     # The shortest this run could have been: every timed and warm-up epoch at its floor.
     report["floor_epochs_seconds"] = round((args.warmup + args.epochs) * sum(
         r["floor"]["seconds"] for r in report["results"] if "floor" in r), 1)
-    _write_json(output, report)
+    write_json(output, report)
 
     print(f"\n{args.size} set: {w.n_users} users, {w.n_items} items, {w.n_train} train rows "
           f"({-(-w.n_train // batch_size)} batches of {batch_size}), {n_eval_users} validation users; "
@@ -619,57 +603,6 @@ def run_benchmark(args: argparse.Namespace, params: dict, folder: Path, device: 
     return 0 if all(r.get("status") == "ok" for r in report["results"]) else 1
 
 
-def run_training(args: argparse.Namespace, params: dict, folder: Path, device: torch.device) -> int:
-    """A full early-stopped training of `args.train` (params.yaml's settings, at most --max-epochs)."""
-    apply_runtime(args)
-    cfg = experiment_config(params, args.train, "benchmark")
-    cfg = replace(cfg, train=replace(cfg.train, epochs=args.max_epochs, device=str(device)))
-    data = load_mmrec(folder / "data")
-    graphs = load_graphs_cache(folder, device)
-    torch.manual_seed(cfg.seed)
-    objective = build_model(cfg, data, graphs)
-    epochs = []
-    output = args.output or _default_output(device, args.size, stem=f"train-{args.train}-")
-    progress = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "model": args.train, "size": args.size,
-                "device": str(device), "status": "running", "epochs": epochs}
-
-    def on_epoch(e) -> None:
-        epochs.append({"epoch": e.epoch, "seconds": round(e.seconds, 4), "loss": e.train_loss,
-                       cfg.eval.valid_metric: e.valid[cfg.eval.valid_metric], "improved": e.improved})
-        _write_json(output, progress)  # a run stopped by a time cap keeps its curve
-        print(f"epoch {e.epoch:4d}  {e.seconds:7.3f}s  loss {e.train_loss:.5f}  "
-              f"valid {cfg.eval.valid_metric} {e.valid[cfg.eval.valid_metric]:.5f}{'  *' if e.improved else ''}",
-              file=sys.stderr, flush=True)
-
-    result = train(objective, data, cfg, device, on_epoch=on_epoch)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "model": args.train,
-        "size": args.size,
-        "device": str(device),
-        "machine": machine_description(device),
-        "status": result.status,
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "max_epochs": args.max_epochs,
-        "stopping_step": cfg.train.stopping_step,
-        "train_seconds": result.train_seconds,
-        "seconds_per_epoch": result.train_seconds / max(result.epochs_run, 1),
-        "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "valid": result.valid,
-        "test": result.test,
-        "epochs": epochs,
-    }
-    _write_json(output, report)
-    print(f"{args.train} on the {args.size} set ({device}): {result.status} after {result.epochs_run} epochs "
-          f"(best {result.best_epoch}), {result.train_seconds:.1f}s, {report['seconds_per_epoch']:.3f}s/epoch "
-          f"with evaluation; test recall@20 {result.test.get('recall@20', float('nan')):.4f}")
-    print(f"written: {output}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:  # child process: one combination, result as JSON
@@ -684,8 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     print(f"preparing the {args.size} dataset in {args.cache_dir} ...", file=sys.stderr, flush=True)
     folder = prepare_dataset(args.size, params, args.cache_dir)
-    if args.train:
-        return run_training(args, params, folder, device)
+    if args.stage_dir:
+        write_stage_project(folder, params, args.stage_dir, args.device, args.max_epochs)
+        print(f"{args.stage_dir}: the benchmark set as dataset `{DATASET}`", file=sys.stderr)
+        return 0
     return run_benchmark(args, params, folder, device)
 
 

@@ -1,7 +1,7 @@
 """The floor of a training epoch: the matrix products each model's definition cannot avoid.
 
 For every base model and DVIB variant a function counts the floating-point operations of the
-products one epoch needs at the very least, by the model's definition in SPEC §5–§6 (not by how our
+products one epoch needs at the very least, by the model's definition in docs/method.md (not by how our
 code happens to compute it), so that `flops / measured matmul rate` is a time no implementation on
 this machine can beat. Rules:
 
@@ -22,6 +22,9 @@ this machine can beat. Rules:
   (bytes Adam must touch / measured bandwidth).
 
 Each function returns a `FlopCount` with named parts, per epoch; the benchmark prints the total.
+`params` is the model's params.yaml block plus `noise_hidden` (the dvib section's). A base model
+without an entry here has no floor: `epoch_floor` and `evaluation_floor` return None and the
+benchmark prints its timings without one.
 """
 from __future__ import annotations
 
@@ -29,13 +32,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-# Widths that SPEC §5 fixes for each model (not hyperparameters of params.yaml).
+# Depths the models' definitions fix (docs/method.md, "The five base models"), not params.yaml settings.
 MMGCN_LAYERS = 3  # MMGCN always runs three layers (its n_layers setting is ignored upstream)
 GRCN_ID_LAYERS = 2
-# Fallbacks when a params.yaml block does not name the setting (SPEC §2 defaults).
-SPEC_DEFAULTS = {"embedding_size": 64, "noise_hidden": (32, 32), "bm3_layers": 1, "freedom_ui_layers": 2,
-                 "freedom_dropout": 0.8, "mmgcn_image_width": 256, "mmgcn_image_noise": (2048, 1024),
-                 "mmgcn_text_noise": (192, 96)}
 
 
 @dataclass(frozen=True)
@@ -118,16 +117,12 @@ class FlopCount:
         return out
 
 
-def _setting(params: Mapping, key: str, fallback: str):
-    return params.get(key, SPEC_DEFAULTS[fallback])
-
-
 def vbpr_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> FlopCount:
     """VBPR: content projection W f_i (constant features: forward + weight gradient) of the batch's
     distinct positive/negative items (plain) or of all items (DVIB views need B × I scores); with
     DVIB the clean and noisy score matrices θ_u·[γ; c]ᵀ share the id half, so three B × I × d products
     (id, clean content, noisy content), each with gradients for both operands."""
-    d = _setting(params, "embedding_size", "embedding_size")
+    d = params["embedding_size"]
     features = w.image_dim + w.text_dim
     f = FlopCount()
     if variant is None:
@@ -138,7 +133,7 @@ def vbpr_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Flo
     for part in ("id", "clean content", "noisy content"):
         f.dense(f"B×I score view ({part} half)", b, d, w.n_items, grad_input=True)
     if variant == "a":
-        f.mlp("noise network", w.n_items, (d, *_setting(params, "noise_hidden", "noise_hidden"), 1), grad_input=True)
+        f.mlp("noise network", w.n_items, (d, *params["noise_hidden"], 1), grad_input=True)
     return f
 
 
@@ -146,8 +141,8 @@ def mmgcn_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Fl
     """MMGCN: per modality a 3-layer GCN over all N nodes (mean aggregation over the undirected
     edges, after the layer's d_m×d_m product), image first projected 4096 -> 256 over all items;
     DVIB runs both GCNs again on noisy raw features and adds two B × I × 64 score views."""
-    d = _setting(params, "embedding_size", "embedding_size")
-    image_width = _setting(params, "image_latent_dim", "mmgcn_image_width")
+    d = params["embedding_size"]
+    image_width = params["image_latent_dim"]
     n, edges = w.n_nodes, 2 * w.n_pairs  # repeated rows merge into one weighted entry
     f = FlopCount()
     passes = ("clean",) if variant is None else ("clean", "noisy")
@@ -171,8 +166,8 @@ def mmgcn_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Fl
         for p in passes:
             f.dense(f"B×I score view ({p})", b, d, w.n_items, grad_input=True)
     if variant == "a":
-        image_hidden = _setting(params, "image_noise_hidden", "mmgcn_image_noise")
-        text_hidden = _setting(params, "text_noise_hidden", "mmgcn_text_noise")
+        image_hidden = params["image_noise_hidden"]
+        text_hidden = params["text_noise_hidden"]
         f.mlp("image noise network", w.n_items, (w.image_dim, *image_hidden, 1), grad_input=False)
         f.mlp("text noise network", w.n_items, (w.text_dim, *text_hidden, 1), grad_input=False)
     return f
@@ -183,7 +178,7 @@ def grcn_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Flo
     undirected edges (scores ⟨x_tgt, x_src⟩ and the α-weighted sum, gradients through both); the id
     channel propagates twice with trained edge weights; DVIB adds two B × I × 192 views, and GRCNc
     runs the id channel again on the noisy edge weights."""
-    d = _setting(params, "embedding_size", "embedding_size")
+    d = params["embedding_size"]
     edges = 2 * w.n_pairs
     f = FlopCount()
     for modality, dim in (("image", w.image_dim), ("text", w.text_dim)):
@@ -199,7 +194,7 @@ def grcn_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Flo
         for p in ("clean", "noisy"):
             f.dense(f"B×I score view ({p})", b, 3 * d, w.n_items, grad_input=True)
     if variant == "a":
-        f.mlp("noise network", w.n_nodes, (2 * d, *_setting(params, "noise_hidden", "noise_hidden"), 1),
+        f.mlp("noise network", w.n_nodes, (2 * d, *params["noise_hidden"], 1),
               grad_input=True)
     return f
 
@@ -209,8 +204,8 @@ def bm3_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Flop
     batch's distinct items (its losses index the batch) or, in variant a, for every item (the VIB
     term and its noise network read every item's T and V), and the 64×64 predictor on the batch's
     distinct users and items and their T and V rows; DVIB predicts the noisy T', V' rows again."""
-    d = _setting(params, "embedding_size", "embedding_size")
-    layers = params.get("n_layers", SPEC_DEFAULTS["bm3_layers"])
+    d = params["embedding_size"]
+    layers = params["n_layers"]
     users, items = w.distinct_users(b), w.distinct_items(b, negatives=False)
     f = FlopCount()
     for _ in range(layers):
@@ -223,7 +218,7 @@ def bm3_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> Flop
     for _ in range(1 + feature_predictions):
         f.dense("predictor (items, T, V)", items, d, d, grad_input=True)
     if variant == "a":
-        f.mlp("noise network", 2 * w.n_items, (d, *_setting(params, "noise_hidden", "noise_hidden"), 1),
+        f.mlp("noise network", 2 * w.n_items, (d, *params["noise_hidden"], 1),
               grad_input=True)
     return f
 
@@ -233,15 +228,15 @@ def freedom_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> 
     the pruned graph (a `1 - dropout` share of Â's entries), the trainable raw features projected
     for the batch's distinct positive and negative items (plain; none when reg_weight is 0, as the
     feature terms then vanish) or for all items (DVIB compares all items' T and T')."""
-    d = _setting(params, "embedding_size", "embedding_size")
-    layers = params.get("n_ui_layers", SPEC_DEFAULTS["freedom_ui_layers"])
-    dropout = params.get("dropout", SPEC_DEFAULTS["freedom_dropout"])
+    d = params["embedding_size"]
+    layers = params["n_ui_layers"]
+    dropout = params["dropout"]
     kept = 2 * int(w.n_pairs * (1 - dropout))
     f = FlopCount()
     f.sparse("kNN item graph", w.n_mm_adj, d, grad_input=True)
     for _ in range(layers):
         f.sparse("LightGCN propagation (pruned graph)", kept, d, grad_input=True)
-    if variant is None and params.get("reg_weight", 1.0) == 0:
+    if variant is None and params["reg_weight"] == 0:
         return f
     rows = w.distinct_items(b, negatives=True) if variant is None else w.n_items
     scope = "batch items" if variant is None else "all items"
@@ -249,7 +244,7 @@ def freedom_batch(w: Workload, b: int, variant: str | None, params: Mapping) -> 
     f.dense(f"text projection ({scope})", rows, w.text_dim, d, grad_input=True)
     if variant == "a":
         for modality in ("image", "text"):
-            f.mlp(f"{modality} noise network", w.n_items, (d, *_setting(params, "noise_hidden", "noise_hidden"), 1),
+            f.mlp(f"{modality} noise network", w.n_items, (d, *params["noise_hidden"], 1),
                   grad_input=True)
     return f
 
@@ -262,12 +257,12 @@ BATCH_FLOORS: dict[str, Callable[[Workload, int, str | None, Mapping], FlopCount
     "FREEDOM": freedom_batch,
 }
 
-# Width of the vectors whose inner products give the full-sort scores (SPEC §5).
+# Width of the vectors whose inner products give the full-sort scores, in units of embedding_size.
 SCORE_WIDTH = {"VBPR": 2, "MMGCN": 1, "GRCN": 3, "BM3": 1, "FREEDOM": 1}
 
 
 def epoch_floor(base: str, variant: str | None, w: Workload, params: Mapping) -> FlopCount | None:
-    """Unavoidable matrix-product FLOPs of one training epoch of `base`+`variant`; None if unknown."""
+    """Unavoidable matrix-product FLOPs of one training epoch of `base`+`variant`; None for a base without a floor."""
     batch = BATCH_FLOORS.get(base)
     if batch is None:
         return None
@@ -278,10 +273,11 @@ def epoch_floor(base: str, variant: str | None, w: Workload, params: Mapping) ->
 
 
 def evaluation_floor(base: str, n_eval_users: int, w: Workload, params: Mapping) -> float | None:
-    """FLOPs of the full-sort score product of one split: 2 · users · items · score width."""
+    """FLOPs of the full-sort score product of one split: 2 · users · items · score width; None for a
+    base without a floor."""
     if base not in SCORE_WIDTH:
         return None
-    d = _setting(params, "embedding_size", "embedding_size")
+    d = params["embedding_size"]
     return 2.0 * n_eval_users * w.n_items * SCORE_WIDTH[base] * d
 
 

@@ -11,7 +11,7 @@ the computation as it was written before the change (reproduced here), "after" w
 does now. On a busy machine use `--clock cpu --threads 1` (CPU seconds of one thread: the work,
 not the wait). Levers:
   divergence  JS / reference divergence over a B × I score view, forward + backward: autograd
-              through the formula vs the hand-written backward in pipeline/dvib.py
+              through the formula vs the hand-written backward in pipeline/models/divergences.py
   vbpr        plain VBPR loss, forward + backward: every item's content projected vs only the
               batch's distinct items (pipeline/models/vbpr.py)
   vbpr_views  VBPR's clean + noisy B × I views, forward + backward: two users @ [γ ; c]ᵀ products
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.dvib import js_divergence, upstream_divergence  # noqa: E402
+from pipeline.models.divergences import js_divergence, upstream_divergence  # noqa: E402
 from pipeline.evaluation import top_k_columns  # noqa: E402
 from pipeline.models.base import take_rows  # noqa: E402
 from pipeline.trainer import reuse_freed_memory  # noqa: E402

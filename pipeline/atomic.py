@@ -5,44 +5,44 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
 
-def replace_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through `write(file)` into a uniquely named temporary sibling, fsync it, then
-    rename it over `path`; on any failure the temporary file is removed and `path` is untouched."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(fh)` on a uniquely named temporary file beside `path`, fsync it, then rename it
+    over `path`: readers see the old file or the new one, never a partial one, and concurrent
+    writers never share a temporary file. On any error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with open(tmp, "xb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    replace_atomically(path, lambda fh: fh.write(text.encode()))
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """torch.save atomically."""
-    replace_atomically(path, lambda fh: torch.save(obj, fh))
+    """torch.save `obj` atomically."""
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 @contextmanager

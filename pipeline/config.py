@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from pipeline.model_names import parse_model_name
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -75,6 +77,32 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def at_least(low: float) -> Any:
+    """A dataclass field whose value (or every list element) must be >= `low`."""
+    return field(metadata={"min": low})
+
+
+def between(low: float, high: float) -> Any:
+    """A dataclass field whose value (or every list element) must lie in [low, high]."""
+    return field(metadata={"min": low, "max": high})
+
+
+def one_of(*choices: str) -> Any:
+    """A dataclass field whose value must be one of `choices`."""
+    return field(metadata={"choices": choices})
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    low, high, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    for v in values:
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{where}: expected one of {list(choices)}, got {v!r}")
+        if (low is not None and v < low) or (high is not None and v > high):
+            bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise ConfigError(f"{where}: expected a value {bound}, got {v!r}")
+
+
 def from_mapping(cls: type, mapping: Any, where: str):
     """Build dataclass `cls` from a mapping, requiring exactly its fields."""
     if not isinstance(mapping, Mapping):
@@ -88,6 +116,8 @@ def from_mapping(cls: type, mapping: Any, where: str):
     if missing:
         raise ConfigError(f"{where}: missing key(s) {missing}")
     values = {n: _coerce(mapping[n], hints[n], f"{where}.{n}") for n in names}
+    for f in dataclasses.fields(cls):
+        _check_range(values[f.name], f.metadata, f"{where}.{f.name}")
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
     if validate is not None:
@@ -97,35 +127,33 @@ def from_mapping(cls: type, mapping: Any, where: str):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training-loop settings (SPEC §3)."""
+    """Training-loop settings (docs/method.md, "Training protocol")."""
 
-    epochs: int
-    stopping_step: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
+    epochs: int = at_least(1)
+    stopping_step: int = at_least(0)
+    batch_size: int = at_least(1)
+    learning_rate: float = at_least(0.0)
+    weight_decay: float = at_least(0.0)
     device: str
-    threads: int
-    checkpoint_every: int  # epochs between two saves of the resumable state
+    threads: int = at_least(0)
+    checkpoint_every: int = at_least(1)  # epochs between two saves of the resumable state
 
     def validate(self, where: str) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.stopping_step < 0 or self.checkpoint_every < 1:
-            raise ConfigError(f"{where}: epochs, batch_size and checkpoint_every must be >= 1, stopping_step >= 0")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Full-sort evaluation settings (SPEC §4)."""
+    """Full-sort evaluation settings (docs/method.md, "Evaluation protocol")."""
 
-    topk: tuple[int, ...]
+    topk: tuple[int, ...] = at_least(1)
     valid_metric: str
-    batch_size: int
+    batch_size: int = at_least(1)
 
     def validate(self, where: str) -> None:
-        if not self.topk or min(self.topk) < 1:
-            raise ConfigError(f"{where}.topk: expected a non-empty list of positive integers")
+        if not self.topk:
+            raise ConfigError(f"{where}.topk: expected a non-empty list of positive integers, got []")
         name, _, k = self.valid_metric.partition("@")
         if name not in ("recall", "ndcg", "precision", "map") or not k.isdigit() or int(k) not in self.topk:
             raise ConfigError(
@@ -139,39 +167,61 @@ DIVERGENCES = ("js", "upstream")
 
 @dataclass(frozen=True)
 class DVIBConfig:
-    """Settings of the DVIB mechanism shared by every base model (SPEC §6)."""
+    """Settings of the DVIB mechanism shared by every base model (docs/method.md, "The method")."""
 
-    noise_level: float
-    consistency_weight: float
-    vib_weight: float
-    divergence: str
-    noise_hidden: tuple[int, ...]
-    sigma_min: float
-
-    def validate(self, where: str) -> None:
-        if self.divergence not in DIVERGENCES:
-            raise ConfigError(f"{where}.divergence: expected one of {DIVERGENCES}, got {self.divergence!r}")
-        if not 0.0 <= self.consistency_weight <= 1.0:
-            raise ConfigError(f"{where}.consistency_weight: expected a value in [0, 1]")
-        if self.noise_level < 0 or self.sigma_min <= 0:
-            raise ConfigError(f"{where}: noise_level must be >= 0 and sigma_min > 0")
+    noise_level: float = at_least(0.0)
+    consistency_weight: float = between(0.0, 1.0)
+    vib_weight: float = at_least(0.0)
+    divergence: str = one_of(*DIVERGENCES)
+    noise_hidden: tuple[int, ...] = at_least(1)
+    sigma_min: float = at_least(1e-30)
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Knobs of the embedded synthetic MMRec-format dataset generator."""
 
-    n_users: int
-    n_items: int
-    latent_dim: int
-    min_interactions: int
-    mean_interactions: float
-    image_dim: int
-    text_dim: int
-    preference_temperature: float
-    modality_noise: float
-    redundant_fraction: float
-    corrupted_fraction: float
+    n_users: int = at_least(2)
+    n_items: int = at_least(2)
+    latent_dim: int = at_least(1)
+    min_interactions: int = at_least(3)
+    mean_interactions: float = at_least(1.0)
+    image_dim: int = at_least(1)
+    text_dim: int = at_least(1)
+    preference_temperature: float = at_least(1e-6)
+    modality_noise: float = at_least(0.0)
+    redundant_fraction: float = between(0.0, 1.0)
+    corrupted_fraction: float = between(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """What the full table covers: every dataset × base × variant ('' = plain base), once per seed."""
+
+    datasets: tuple[str, ...]
+    bases: tuple[str, ...]
+    variants: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def validate(self, where: str) -> None:
+        for name in ("datasets", "bases", "variants", "seeds"):
+            values = getattr(self, name)
+            if not values:
+                raise ConfigError(f"{where}.{name}: expected a non-empty list")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{name}: expected distinct values, got {list(values)}")
+
+    def cells(self) -> list[tuple[str, str]]:
+        """(dataset, model name) of every cell, in table order."""
+        return [(d, b + v) for d in self.datasets for b in self.bases for v in self.variants]
+
+
+def table_config(params: Mapping[str, Any]) -> TableConfig:
+    """params.yaml `table`, typed and checked (variants may be written as null for the plain base)."""
+    table = section(params, "table")
+    if isinstance(table, Mapping) and isinstance(table.get("variants"), list):
+        table = {**table, "variants": [v or "" for v in table["variants"]]}
+    return from_mapping(TableConfig, table, "params.yaml: table")
 
 
 @dataclass(frozen=True)
@@ -204,8 +254,6 @@ class ExperimentConfig:
 
 def experiment_config(params: Mapping[str, Any], model: str, dataset: str) -> ExperimentConfig:
     """Assemble the config of one training run of `model` on `dataset` from params.yaml."""
-    from pipeline.models import parse_model_name  # local: the registry imports torch
-
     base, _variant = parse_model_name(model)
     seed = section(params, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -217,8 +265,8 @@ def experiment_config(params: Mapping[str, Any], model: str, dataset: str) -> Ex
         model=model,
         dataset=dataset,
         seed=seed,
-        train=from_mapping(TrainConfig, section(params, "train"), "train"),
-        eval=from_mapping(EvalConfig, section(params, "eval"), "eval"),
-        dvib=from_mapping(DVIBConfig, section(params, "dvib"), "dvib"),
+        train=from_mapping(TrainConfig, section(params, "train"), "params.yaml: train"),
+        eval=from_mapping(EvalConfig, section(params, "eval"), "params.yaml: eval"),
+        dvib=from_mapping(DVIBConfig, section(params, "dvib"), "params.yaml: dvib"),
         model_params=dict(model_params),
     )

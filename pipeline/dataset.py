@@ -1,4 +1,4 @@
-"""Reading and validating MMRec-format dataset folders (SPEC §1).
+"""Reading and validating MMRec-format dataset folders (docs/method.md, "The task and the data").
 
 A folder `<name>/` holds `<name>.inter` (TSV: userID itemID rating timestamp x_label),
 `image_feat.npy` and `text_feat.npy`. Every check failure raises `DatasetError` naming the file,
@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
-FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
+MODALITIES = ("image", "text")  # the one modality list (and order) of the package
+FEATURE_FILES = {m: f"{m}_feat.npy" for m in MODALITIES}
 TRAIN, VALID, TEST = 0, 1, 2
 MAX_ID = 2**31 - 1  # larger ids cannot be contiguous in any real dataset
 
@@ -52,8 +53,8 @@ class InteractionData:
     image_features: np.ndarray  # float32 [n_items, d_image]
 
     def features(self) -> dict[str, np.ndarray]:
-        """Return the modality features by name ('image', 'text')."""
-        return {"image": self.image_features, "text": self.text_features}
+        """Return the modality features by name, in `MODALITIES` order."""
+        return {m: getattr(self, f"{m}_features") for m in MODALITIES}
 
 
 def inter_path(folder: Path) -> Path:

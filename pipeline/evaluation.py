@@ -1,4 +1,4 @@
-"""Full-sort top-K evaluation (SPEC §4): Recall, NDCG, Precision and MAP at several K.
+"""Full-sort top-K evaluation (docs/method.md, "Evaluation protocol"): Recall, NDCG, Precision and MAP at several K.
 
 Every user of the split is scored against all items in batches on the training device; the user's
 train items are masked to -inf (validation items stay unmasked on the test split, as MMRec does),
@@ -17,7 +17,6 @@ import torch
 
 from pipeline.dataset import InteractionData, Split
 
-METRICS = ("recall", "ndcg", "precision", "map")
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # user ids [B] -> scores [B, n_items]
 
 

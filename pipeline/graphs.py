@@ -1,4 +1,5 @@
-"""Graph artefacts the graph models need, built once per dataset by the `graphs` stage (SPEC §5).
+"""Graph artefacts the graph models need, built once per dataset by the `graphs` stage (docs/method.md,
+"The five base models").
 
 - the symmetric normalised user–item adjacency Â = D^{-1/2} A D^{-1/2} over N = U + I nodes;
 - the user→item edge index (one column per train row, duplicates kept);
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.dataset import InteractionData
+from pipeline.dataset import MODALITIES, InteractionData
 
-GRAPH_FILES = ("norm_adj_index.npy", "norm_adj_value.npy", "edge_index.npy", "knn_image.npy", "knn_text.npy")
+GRAPH_FILES = ("norm_adj_index.npy", "norm_adj_value.npy", "edge_index.npy", *(f"knn_{m}.npy" for m in MODALITIES))
 
 
 def build_norm_adj(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +114,7 @@ def load_graphs(folder: str | Path, device: torch.device | str = "cpu") -> Graph
         n_items=meta["n_items"],
         norm_adj=norm_adj,
         edge_index=load("edge_index.npy"),
-        knn={m: load(f"knn_{m}.npy") for m in ("image", "text")},
+        knn={m: load(f"knn_{m}.npy") for m in MODALITIES},
     )
 
 

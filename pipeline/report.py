@@ -11,8 +11,9 @@ reading and writing). Conventions:
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
+
+from pipeline.seed_stats import as_number, mean_std
 
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "recall@5", "precision@5", "map@5", "ndcg@5")
 ROBUSTNESS_METRICS = ("recall@20", "ndcg@20")
@@ -20,6 +21,7 @@ CURVE_METRIC = "recall@20"
 SHORT = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP"}
 BEYOND_SPREAD_MARK = "†"
 NO_FEATURES_MARK = "‡"
+NO_FEATURES_NOTE = "‡ scores do not read the item features at test time"
 
 
 def model_name(base: str, variant: str) -> str:
@@ -30,15 +32,6 @@ def model_name(base: str, variant: str) -> str:
 def display_name(base: str, variant: str) -> str:
     """How a row is labelled in the tables: 'VBPR', 'VBPR +DVIBc'."""
     return f"{base} +DVIB{variant}" if variant else base
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def compare(base: Sequence[float], variant: Sequence[float]) -> dict:
@@ -66,7 +59,7 @@ def summarise_model(runs: Sequence[Mapping], robustness: Sequence[Mapping]) -> d
     return {
         "n_seeds": len(runs),
         "status": ",".join(sorted({r["status"] for r in runs})),
-        "best_epoch": mean_std([float(r["best_epoch"]) for r in runs])[0],
+        "best_epoch": as_number(mean_std([float(r["best_epoch"]) for r in runs])[0]),
         "random_recall@20": runs[0]["random_recall@20"],
         "test": {m: s[0] for m, s in stats.items()},
         "test_std": {m: s[1] for m, s in stats.items()},
@@ -107,6 +100,11 @@ def noise_curve(summary: Mapping) -> list[tuple[float, float, float]]:
     means, stds = summary["robustness"][CURVE_METRIC], summary["robustness_std"][CURVE_METRIC]
     points = [(float(c.split("@", 1)[1]), means[c], stds[c]) for c in means if c.startswith("noise@")]
     return sorted(points)
+
+
+def variant_label(variant: str) -> str:
+    """The legend and plot-data label of a variant: 'base', 'DVIBc', 'DVIBa' (the same for every base)."""
+    return f"DVIB{variant}" if variant else "base"
 
 
 def short_metric(metric: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from pipeline.atomic import replace_atomically
+from pipeline.atomic import write_atomic
 from pipeline.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class ResumeStore:
         """Replace the state file atomically; a failed write raises ResumeStateError and keeps the old one."""
         payload = {"format": STATE_FORMAT, "key": self.key, **state}
         try:
-            replace_atomically(self.path, lambda fh: torch.save(payload, fh))
+            write_atomic(self.path, lambda fh: torch.save(payload, fh))
         except OSError as exc:
             raise ResumeStateError(
                 f"{self.path}: could not save the resume state ({exc.strerror or exc}); "

@@ -19,10 +19,10 @@ from typing import Callable, Mapping
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.dataset import MODALITIES
 
 Features = dict[str, torch.Tensor]
 KINDS = ("noise", "remove", "drop")
-MODALITIES = ("image", "text")  # the keys of Recommender.item_features()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Process-wide CPU settings for training and evaluation: threads, flush-to-zero, malloc reuse."""
+"""Process-wide settings for training and evaluation: the device, CPU threads, flush-to-zero, malloc reuse."""
 from __future__ import annotations
 
 import ctypes
@@ -6,6 +6,16 @@ import platform
 import sys
 
 import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4

@@ -1,4 +1,4 @@
-"""Uniform negative sampling without Python loops (SPEC §3)."""
+"""Uniform negative sampling without Python loops (docs/method.md, "Training protocol")."""
 from __future__ import annotations
 
 import torch

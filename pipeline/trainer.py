@@ -1,5 +1,5 @@
-"""The training loop (docs/method.md, protocol): shuffled batches, sampled negatives, Adam, early
-stopping, and a state that a killed run resumes from."""
+"""The training loop (docs/method.md, "Training protocol"): shuffled batches, sampled negatives,
+Adam, early stopping, and a state that a killed run resumes from."""
 from __future__ import annotations
 
 import logging
@@ -21,15 +21,6 @@ from pipeline.resume import capture_rng, restore_rng
 from pipeline.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' means CUDA when available, else CPU; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 @dataclass
@@ -69,7 +60,8 @@ class TrainRows:
 
 
 def make_optimizer(objective: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    """Adam with the configured constant learning rate and weight decay (docs/method.md, protocol).
+    """Adam with the configured constant learning rate and weight decay (docs/method.md, "Training
+    protocol").
 
     The fused kernel does the same arithmetic in one pass per tensor, equal to torch's default
     up to float rounding (tests/test_speed_exactness.py; benchmarks/levers.py measures its speed).

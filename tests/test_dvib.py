@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from pipeline.dvib import NoiseLevelNetwork, gaussian_kl_to_prior, js_divergence, upstream_divergence
+from pipeline.models.divergences import js_divergence, upstream_divergence
+from pipeline.models.dvib import NoiseLevelNetwork, gaussian_kl_to_prior
 
 
 def _softmax64(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Metric values computed by hand (SPEC §4), for the hit-matrix formulas and the full evaluator."""
+"""Metric values computed by hand (docs/method.md, "Evaluation protocol"), for the hit-matrix formulas and the full evaluator."""
 from __future__ import annotations
 
 import math

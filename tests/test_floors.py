@@ -11,10 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY
 from benchmarks.benchmark import workload
-from benchmarks.floors import epoch_floor
+from benchmarks.floors import BATCH_FLOORS, epoch_floor, evaluation_floor
 from pipeline.dataset import load_mmrec
 from pipeline.graphs import graphs_in_memory
-from pipeline.models import build_model, model_names, parse_model_name
+from pipeline.model_names import model_names, parse_model_name
+from pipeline.models import build_model
 from pipeline.synthetic import write_synthetic
 from pipeline.trainer import TrainRows, make_optimizer, train_epoch
 
@@ -49,7 +50,11 @@ def small(tmp_path_factory):
     return data, graphs_in_memory(data, knn_k=5)
 
 
-@pytest.mark.parametrize("name", model_names())
+# A base model without a floor entry is benchmarked without a floor (and is not checked here).
+WITH_FLOORS = [name for name in model_names() if parse_model_name(name)[0] in BATCH_FLOORS]
+
+
+@pytest.mark.parametrize("name", WITH_FLOORS)
 def test_floor_counts_the_dense_products_of_a_training_epoch(name, small, make_config):
     data, graphs = small
     cfg = make_config(name, train={"batch_size": BATCH})
@@ -72,3 +77,11 @@ def test_floor_counts_the_dense_products_of_a_training_epoch(name, small, make_c
         # it for the noisy view (measured faster, benchmarks/levers.py `vbpr_views`).
         expected += floor.parts["B×I score view (id half)"]
     assert counter.flops == pytest.approx(expected, rel=0.03)
+
+
+def test_a_base_without_a_floor_entry_has_no_floor(small):
+    data, graphs = small
+    w = workload(data, graphs, BATCH)
+    assert epoch_floor("NEWMODEL", "c", w, {"embedding_size": 64}) is None
+    assert evaluation_floor("NEWMODEL", 10, w, {"embedding_size": 64}) is None
+    assert evaluation_floor("VBPR", 10, w, {"embedding_size": 64}) == 2.0 * 10 * data.n_items * 2 * 64

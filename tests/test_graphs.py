@@ -1,4 +1,4 @@
-"""Graph builders against dense computations on small inputs (SPEC §5 shared graphs, §5.5)."""
+"""Graph builders against dense computations on small inputs (docs/method.md, "The five base models")."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,17 +1,18 @@
-"""GRCN (SPEC §5.3) and the shared sparse edge operators: attention softmax, the whole forward
-against a per-edge transcription, the noisy-pass ReLU option, the cached scorer, DVIB sites."""
+"""GRCN (docs/method.md, "GRCN") and the shared sparse edge operators: attention softmax, the whole forward
+against a per-edge transcription, the noisy-pass ReLU option, DVIB sites (the cached scorer: tests/test_models.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.dvib import DVIB
+from pipeline.dataset import MODALITIES
 from pipeline.models import build_model
-from pipeline.models.grcn import GRCN, MODALITIES
+from pipeline.models.dvib import DVIB
 from pipeline.models.graph_ops import UndirectedEdges
-from test_mmgcn import train_step, with_duplicates_and_an_isolated_item
-from test_models import make_batch
+from pipeline.models.grcn import GRCN
+from test_mmgcn import with_duplicates_and_an_isolated_item
+from test_models import fresh_scores, make_batch
 
 # A 3-user, 3-item graph (items are nodes 3..5): user 0 rated item 3 twice, item 5 has no edges.
 SMALL_EDGES = torch.tensor([[0, 0, 1, 2, 0], [3, 4, 3, 4, 3]])
@@ -75,7 +76,7 @@ def grcn(make_config, data, graphs, **model_params) -> GRCN:
 
 
 def per_edge_representation(model: GRCN, edge_index, relu=True):
-    """SPEC §5.3 transcribed over the listed directed edges (duplicates kept), no sparse pattern."""
+    """docs/method.md's GRCN transcribed over the listed directed edges (duplicates kept), no sparse pattern."""
     source, target = directed(edge_index)
     n_nodes = model.n_users + model.n_items
     outputs, attention = [], []
@@ -142,34 +143,6 @@ def test_noisy_edge_relu_option(noisy_edge_relu, tiny_data, tiny_graphs, make_co
     assert torch.equal(noisy_pass[:, 64:], clean_pass[:, 64:])  # content untouched by variant c
 
 
-def fresh_scores(model, users):
-    rep = model_representation(model)
-    return rep[users] @ rep[model.n_users :].T
-
-
-def test_cached_scorer_is_one_step_stale(tiny_data, tiny_graphs, make_config):
-    model = grcn(make_config, tiny_data, tiny_graphs, cache_prediction=True)
-    users = torch.arange(tiny_data.n_users)
-    assert torch.equal(model.scorer()(users), fresh_scores(model, users))  # nothing cached yet: computed
-    before_step = fresh_scores(model, users)
-    train_step(model, make_batch(tiny_data))
-    stale = model.scorer()(users)
-    assert torch.equal(stale, before_step)
-    assert not torch.allclose(stale, fresh_scores(model, users))
-    model.text_features.add_(0.5)  # perturbed in place (robustness stage): recomputed
-    assert torch.equal(model.scorer()(users), fresh_scores(model, users))
-
-
-def test_recomputed_scorer_equals_a_fresh_forward(tiny_data, tiny_graphs, make_config):
-    model = grcn(make_config, tiny_data, tiny_graphs, cache_prediction=False)
-    users = torch.arange(tiny_data.n_users)
-    before_step = fresh_scores(model, users)
-    train_step(model, make_batch(tiny_data))
-    scores = model.scorer()(users)
-    assert torch.equal(scores, fresh_scores(model, users))
-    assert not torch.allclose(scores, before_step)
-
-
 def test_regulariser_terms(tiny_data, tiny_graphs, make_config):
     """reg = mean(E[u]² + E[item]²) over the (u, pos), (u, neg) pairs
     + mean(P_v²) + mean(P_v[u]²) + mean(P_t[u]²)."""
@@ -207,4 +180,4 @@ def test_dvib_sites_per_variant(tiny_data, tiny_graphs, make_config):
     assert not torch.allclose(clean.views[0].logits, noisy.views[0].logits)
     users = torch.arange(tiny_data.n_users)
     # The scorer's cache holds the clean pass, never the noisy one.
-    assert torch.equal(dvib_a.scorer()(users), fresh_scores(dvib_a.base, users))
+    assert torch.equal(dvib_a.scorer()(users), fresh_scores("GRCN", dvib_a.base, users))

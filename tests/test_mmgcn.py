@@ -1,4 +1,4 @@
-"""MMGCN (SPEC §5.2): mean aggregation, layer sizes, the two reference quirks both ways, DVIB sites."""
+"""MMGCN (docs/method.md, "MMGCN"): mean aggregation, layer sizes, the two reference quirks both ways, DVIB sites."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.dvib import DVIB
 from pipeline.models import build_model
+from pipeline.models.dvib import DVIB
 from pipeline.models.mmgcn import MMGCN
-from test_models import make_batch
+from test_models import fresh_scores, make_batch, train_step
 
 
 def with_duplicates_and_an_isolated_item(graphs, n=7):
@@ -34,14 +34,6 @@ def mmgcn(make_config, data, graphs, **model_params) -> MMGCN:
     return build_model(make_config("MMGCN", model_params=model_params), data, graphs)
 
 
-def train_step(model, batch, lr=0.01):
-    optimizer = torch.optim.Adam([p for p in model.parameters()], lr=lr)
-    loss = model.loss(batch)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-
-
 def test_mean_aggregation_matches_dense_computation(tiny_data, tiny_graphs, make_config):
     graphs = with_duplicates_and_an_isolated_item(tiny_graphs)
     model = mmgcn(make_config, tiny_data, graphs)
@@ -60,7 +52,7 @@ def test_mean_aggregation_matches_dense_computation(tiny_data, tiny_graphs, make
 
 
 def test_representation_matches_dense_reference(tiny_data, tiny_graphs, make_config):
-    """The whole forward against a direct transcription of SPEC §5.2 with a dense mean matrix."""
+    """The whole forward against a direct transcription of docs/method.md, "MMGCN", with a dense mean matrix."""
     graphs = with_duplicates_and_an_isolated_item(tiny_graphs)
     model = mmgcn(make_config, tiny_data, graphs)
     n_nodes = tiny_data.n_users + tiny_data.n_items
@@ -132,38 +124,6 @@ def test_trainable_id_and_preference_learn_and_feel_the_regulariser(tiny_data, t
     assert not torch.allclose(grads[0.0][1], grads[1.0][1])
 
 
-def fresh_scores(model, users):
-    with torch.no_grad():
-        rep = model.representation(model.image_features, model.text_features)
-    return rep[users] @ rep[model.n_users :].T
-
-
-@pytest.mark.parametrize("trainable", [False, True])
-def test_cached_scorer_is_one_step_stale(trainable, tiny_data, tiny_graphs, make_config):
-    model = mmgcn(make_config, tiny_data, tiny_graphs, cache_prediction=True, trainable_id_and_preference=trainable)
-    users = torch.arange(tiny_data.n_users)
-    assert torch.equal(model.scorer()(users), fresh_scores(model, users))  # nothing cached yet: computed
-    batch = make_batch(tiny_data)
-    before_step = fresh_scores(model, users)
-    train_step(model, batch)
-    stale = model.scorer()(users)
-    assert torch.equal(stale, before_step)
-    assert not torch.allclose(stale, fresh_scores(model, users))
-    # Features perturbed in place (robustness stage): the cache no longer applies.
-    model.image_features.mul_(2.0)
-    assert torch.equal(model.scorer()(users), fresh_scores(model, users))
-
-
-def test_recomputed_scorer_equals_a_fresh_forward(tiny_data, tiny_graphs, make_config):
-    model = mmgcn(make_config, tiny_data, tiny_graphs, cache_prediction=False)
-    users = torch.arange(tiny_data.n_users)
-    before_step = fresh_scores(model, users)
-    train_step(model, make_batch(tiny_data))
-    scores = model.scorer()(users)
-    assert torch.equal(scores, fresh_scores(model, users))
-    assert not torch.allclose(scores, before_step)
-
-
 def test_dvib_sites_are_the_raw_features_with_the_reference_noise_networks(tiny_data, tiny_graphs, make_config):
     torch.manual_seed(0)
     dvib = build_model(make_config("MMGCNa"), tiny_data, tiny_graphs)
@@ -187,7 +147,7 @@ def test_dvib_sites_are_the_raw_features_with_the_reference_noise_networks(tiny_
     assert not torch.allclose(clean.loss, noisy.loss)
     # The scorer's cache holds the clean pass, never the noisy one.
     users = torch.arange(tiny_data.n_users)
-    assert torch.equal(dvib.scorer()(users), fresh_scores(dvib.base, users))
+    assert torch.equal(dvib.scorer()(users), fresh_scores("MMGCN", dvib.base, users))
 
 
 def test_graphs_of_another_dataset_are_rejected(tiny_data, tiny_graphs, make_config):

@@ -1,6 +1,7 @@
 """End to end: the DVC pipeline in a temporary git repository, on tiny data for 2 epochs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = (
-    "pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".gitignore", "pyproject.toml", "data/checksums.json",
+    "pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore", "pyproject.toml",
+    "data/checksums.json",
 )
 
 
@@ -76,7 +78,8 @@ def test_repro_trains_table_and_writes_summary(repo):
                 robustness = json.loads((work / "metrics" / "robustness" / run).read_text())
                 assert "noise@0" in robustness["conditions"]
         assert (work / "metrics" / "figures" / f"robustness_synthetic_{base}.png").is_file()
-        assert (work / "metrics" / "plots" / f"robustness_synthetic_{base}.csv").is_file()
+        assert (work / "metrics" / "plots" / "robustness" / f"synthetic_{base}.csv").is_file()
+        assert (work / "metrics" / "plots" / "curves" / f"synthetic_{base}.csv").is_file()
     assert json.loads((work / "metrics" / "train.json").read_text())["model"] == params["model"]
     assert (work / "metrics" / "summary.json").is_file() and (work / "metrics" / "summary.md").is_file()
     assert (work / "dvc.lock").is_file()
@@ -93,3 +96,44 @@ def test_exp_run_reruns_only_the_selected_model_and_metrics_diff_shows_it(repo):
     assert json.loads((work / "metrics" / "train.json").read_text())["model"] == "VBPRa"
     diff = dvc(repo, "metrics", "diff", "--json")
     assert "metrics/train.json" in json.loads(diff)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder`."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_bad_parameter_fails_first_and_deletes_nothing(repo):
+    work, env = repo
+    before = {name: tree_digest(work / name) for name in ("metrics", "models")}
+    params = (work / "params.yaml").read_text()
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "train.batch_size=0"], cwd=work, env=env,
+                          capture_output=True, text=True)
+    (work / "params.yaml").write_text(params)  # what `git checkout params.yaml` does after a commit
+    assert proc.returncode != 0
+    assert "train.batch_size: expected a value >= 1, got 0" in proc.stdout + proc.stderr
+    assert "Running stage 'validate'" in proc.stdout and "Running stage 'train'" not in proc.stdout
+    assert {name: tree_digest(work / name) for name in ("metrics", "models")} == before
+
+
+# One file per layer: config, data, models, training, stages.
+LAYER_FILES = ("pipeline/config.py", "pipeline/dataset.py", "pipeline/models/vbpr.py", "pipeline/trainer.py",
+               "pipeline/stages/report.py")
+
+
+@pytest.mark.parametrize("path", LAYER_FILES)
+def test_editing_a_file_makes_exactly_its_importers_stale(repo, path):
+    from test_dvc_graph import import_closure, stage_definitions, stage_module
+
+    work, env = repo
+    importers = {name for name, stage in stage_definitions().items() if path in import_closure(stage_module(stage))}
+    every_stage = dvc(repo, "stage", "list", "--name-only").split()
+    original = (work / path).read_text()
+    (work / path).write_text(original + "\n# an edit\n")
+    try:
+        stale = set(json.loads(dvc(repo, "status", "--json")))
+    finally:
+        (work / path).write_text(original)
+    assert stale == {name for name in every_stage if name.split("@")[0] in importers}
+    assert stale, f"editing {path} made no stage stale"

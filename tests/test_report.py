@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.report import compare, mean_std
-from pipeline.stages.report import build_report, table_settings
+from pipeline.config import ConfigError, table_config
+from pipeline.report import compare
+from pipeline.seed_stats import mean_std
+from pipeline.stages.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / ".dvc/plots/offline.html"
@@ -42,6 +44,11 @@ def write_tree(root: Path) -> None:
                 path = root / kind / "ds" / model / f"seed{seed}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record))
+            # Validation curves as dvclive writes them; seed 3 stops one epoch early.
+            curve = root / "curves" / "ds" / model / f"seed{seed}" / "plots" / "metrics" / "valid" / "recall@20.tsv"
+            curve.parent.mkdir(parents=True, exist_ok=True)
+            epochs = range(3 if seed != 3 else 2)
+            curve.write_text("step\trecall@20\n" + "".join(f"{e}\t{r20 * (e + 1) / 3}\n" for e in epochs))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +80,7 @@ def test_summary_json_equals_the_metrics_files(report):
         assert s["test"]["recall@20"] == pytest.approx(mean, abs=1e-12)
         assert s["test_std"]["recall@20"] == pytest.approx(std, abs=1e-12)
         assert s["test"]["ndcg@20"] == pytest.approx(mean / 4, abs=1e-12)
-        assert s["n_seeds"] == 3 and s["best_epoch"] == 11.0 and s["status"] == "max_epochs"
+        assert s["n_seeds"] == 3 and s["best_epoch"] == 11 and isinstance(s["best_epoch"], int) and s["status"] == "max_epochs"
         assert s["robustness"]["recall@20"]["noise@1"] == pytest.approx(mean * (1.0 if model == "M" else 0.5))
     assert "relative_change_pct" not in on_disk["ds"]["M"]
     assert on_disk["ds"]["Mc"]["relative_change_pct"]["recall@20"] == pytest.approx(25.0)
@@ -101,15 +108,27 @@ def test_markdown_shows_the_same_numbers(report):
     assert "![M on ds: R@20 against noise level](figures/robustness_ds_M.png)" in md
 
 
-def test_curves_csv_and_figure(report):
+def test_plot_data_is_long_format_with_one_row_per_variant(report):
     root, _summary = report
-    with (root / "plots/robustness_ds_M.csv").open() as fh:
+    with (root / "plots/robustness/ds_M.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["noise_level"] for r in rows] == ["0", "0.5", "1"]
-    assert set(rows[0]) == {"noise_level", "base", "DVIBc", "DVIBa"}
-    assert float(rows[2]["DVIBc"]) == pytest.approx(0.15 * 0.5, abs=1e-6)
-    assert float(rows[2]["base"]) == pytest.approx(0.12, abs=1e-6)
+    assert list(rows[0]) == ["noise_level", "variant", "recall@20"]
+    assert [(r["variant"], r["noise_level"]) for r in rows[:4]] == [("base", "0"), ("base", "0.5"), ("base", "1"),
+                                                                     ("DVIBc", "0")]
+    by_key = {(r["variant"], r["noise_level"]): float(r["recall@20"]) for r in rows}
+    assert by_key[("DVIBc", "1")] == pytest.approx(0.15 * 0.5, abs=1e-6)
+    assert by_key[("base", "1")] == pytest.approx(0.12, abs=1e-6)
     assert (root / "figures/robustness_ds_M.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_curves_average_the_seeds_that_reached_each_epoch(report):
+    root, _summary = report
+    with (root / "plots/curves/ds_M.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    by_key = {(r["variant"], int(r["step"])): float(r["recall@20"]) for r in rows}
+    assert len(rows) == 9 and [r["variant"] for r in rows[::3]] == ["base", "DVIBc", "DVIBa"]
+    assert by_key[("DVIBc", 0)] == pytest.approx(sum(RECALL20["Mc"]) / 3 / 3, abs=1e-6)
+    assert by_key[("base", 2)] == pytest.approx((0.10 + 0.12) / 2, abs=1e-6)  # seed 3 stopped after epoch 1
 
 
 def test_missing_run_is_named(tmp_path):
@@ -119,11 +138,11 @@ def test_missing_run_is_named(tmp_path):
         build_report(tmp_path, ["ds"], ["M"], ["", "c", "a"], SEEDS)
 
 
-def test_table_settings_need_seeds(params):
-    assert table_settings(params)[3] == params["table"]["seeds"]
+def test_table_config_needs_seeds(params):
+    assert list(table_config(params).seeds) == params["table"]["seeds"]
     broken = {**params, "table": {**params["table"], "seeds": []}}
-    with pytest.raises(Exception, match="table.seeds"):
-        table_settings(broken)
+    with pytest.raises(ConfigError, match="table.seeds: expected a non-empty list"):
+        table_config(broken)
 
 
 def test_offline_template_has_no_external_scripts():
@@ -148,13 +167,15 @@ def test_dvc_plots_show_renders_offline(report, tmp_path):
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, env=env, check=True)
     (tmp_path / ".dvc/plots").mkdir(exist_ok=True)
     (tmp_path / ".dvc/plots/offline.html").write_text(TEMPLATE.read_text())
+    (tmp_path / ".dvc/plots/variants.json").write_text((ROOT / ".dvc/plots/variants.json").read_text())
     subprocess.run([*dvc, "config", "plots.html_template", "plots/offline.html"], cwd=tmp_path, env=env, check=True)
     subprocess.run([*dvc, "plots", "show", "-o", "out"], cwd=tmp_path, env=env, check=True, capture_output=True)
     html = (tmp_path / "out/index.html").read_text()
     assert not re.search(r"<script[^>]*\bsrc\s*=", html, re.IGNORECASE)
-    assert "vegaEmbed(" in html and "robustness_ds_M.csv" in html
-    for column in ("base", "DVIBc", "DVIBa"):
-        assert f'"{column}"' in html
+    assert "vegaEmbed(" in html and "robustness/ds_M.csv" in html and "curves/ds_M.csv" in html
+    for variant in ("base", "DVIBc", "DVIBa"):
+        assert f'"variant": "{variant}"' in html
+    assert html.count('"color": {"field": "variant"') == 2  # one colour per variant in both charts
 
 
 def test_template_builder_inlines_in_load_order_and_refuses_unsafe_builds():

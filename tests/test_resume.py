@@ -57,8 +57,8 @@ if mode == "epoch":
         return real_epoch(*a, **k)
     trainer.train_epoch = train_epoch
 elif mode == "write":
-    real_replace = resume.replace_atomically
-    def replace_atomically(path, write):
+    real_replace = resume.write_atomic
+    def write_atomic(path, write):
         calls.append(1)
         if len(calls) != n:
             return real_replace(path, write)
@@ -69,7 +69,7 @@ elif mode == "write":
             fh.flush()
             pause()
         return real_replace(path, half)
-    resume.replace_atomically = replace_atomically
+    resume.write_atomic = write_atomic
 sys.argv = [module, *args]
 runpy.run_module(module, run_name="__main__")
 """

@@ -1,6 +1,6 @@
 """Speed changes that are meant to be exact: each is checked against the straightforward computation.
 
-- the consistency divergences' hand-written backward passes (pipeline/dvib.py) against float64
+- the consistency divergences' hand-written backward passes (pipeline/models/divergences.py) against float64
   autograd through the formulas written out;
 - VBPR projecting only the batch's distinct items in the plain model, against the all-items
   computation, and its DVIB objective against the formulas;
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.dvib import js_divergence, upstream_divergence
+from pipeline.models.divergences import js_divergence, upstream_divergence
 from pipeline.models import build_model
 from pipeline.models.base import Batch
 from pipeline.sampling import NegativeSampler
@@ -129,7 +129,7 @@ def _batch(data, size, seed):
 
 
 def vbpr_all_items_loss(model, batch: Batch) -> torch.Tensor:
-    """VBPR's loss as SPEC §5.1 writes it: every item's content projected, then the batch gathered."""
+    """VBPR's loss as docs/method.md, "VBPR", writes it: every item's content projected, then the batch gathered."""
     items = torch.cat([model.item_embedding, model.content()], dim=1)
     users = model.user_embedding[batch.users]
     pos, neg = items[batch.pos_items], items[batch.neg_items]
@@ -156,7 +156,7 @@ def test_vbpr_batch_item_projection_equals_all_items(tiny_data, tiny_graphs, mak
 
 def test_vbpr_dvib_objective_matches_the_formula(tiny_data, tiny_graphs, make_config):
     """The whole VBPRc objective (hand-written divergence backward included) against autograd through
-    the formulas of SPEC §5.1 and §6, in float64."""
+    the formulas of docs/method.md ("VBPR", "The method"), in float64."""
     torch.manual_seed(0)
     model = build_model(make_config("VBPRc"), tiny_data, tiny_graphs).double()
     batch = _batch(tiny_data, 64, 3)

@@ -168,8 +168,19 @@ def test_missing_folder_is_named(tmp_path):
         load_mmrec(tmp_path / "nope")
 
 
-def test_at_least_twenty_distinct_bad_inputs_are_covered():
-    assert len({c[0] for c in BAD_INPUTS}) >= 20
+def test_the_bad_inputs_fail_at_least_twenty_different_checks(tiny_dir, tmp_path):
+    """No two bad inputs of the table are rejected with the same message (folder aside)."""
+    messages: dict[str, list[str]] = {}
+    for name, mutate, _expected in BAD_INPUTS:
+        copy = tmp_path / name / "tiny"
+        shutil.copytree(tiny_dir, copy)
+        mutate(copy)
+        with pytest.raises(DatasetError) as info:
+            load_mmrec(copy)
+        messages.setdefault(str(info.value).replace(str(copy), "<folder>"), []).append(name)
+    repeated = [names for names in messages.values() if len(names) > 1]
+    assert not repeated, f"bad inputs rejected with the same message: {repeated}"
+    assert len(messages) >= 20
 
 
 # --- valid variations -----------------------------------------------------------------------------

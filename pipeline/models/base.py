@@ -7,17 +7,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pipeline.dvib import DVIBSite, PassOutput
+from pipeline.dataset import MODALITIES, InteractionData
+from pipeline.graphs import Graphs
+
+# BM3 and FREEDOM visit the modalities text first, as their reference code does: the order fixes the
+# order of their random draws (DVIB noise, dropout masks), so it is kept for reproducibility.
+TEXT_FIRST = tuple(sorted(MODALITIES, key=lambda m: m != "text"))
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[index] along the first dimension, with a fast gradient.
-
-    The same values as `x[index]`, but its backward is an `index_add` where advanced indexing's is
-    an accumulating `index_put`, several times slower on CPU: for FREEDOM's batch rows of the
-    6,960 × 4,096 image table 16 ms instead of 106 ms, which took FREEDOM's Baby-sized batch from
-    0.23 s to 0.12 s (benchmarks/levers.py `gather`). Use it for every row gather that needs a gradient.
-    """
+    """x[index] along the first dimension: the same values as `x[index]`, but its backward is an
+    `index_add` where advanced indexing's is an accumulating `index_put` (docs/speed.md, lever
+    `gather`). Use it for every row gather that needs a gradient."""
     return x.index_select(0, index)
 
 
@@ -26,6 +27,37 @@ def linear_of_concat(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> torc
     concatenation of the inputs (or splitting its gradient)."""
     split = a.shape[1]
     return torch.addmm(layer.bias, a, layer.weight[:, :split].T) + b @ layer.weight[:, split:].T
+
+
+@dataclass(frozen=True)
+class DVIBSite:
+    """A hidden tensor `[rows, dim]` that DVIB perturbs.
+
+    `noise_hidden` overrides the config's noise-network hidden sizes for this site; sites with the
+    same `noise_net` share one network (BM3).
+    """
+
+    name: str
+    dim: int
+    noise_hidden: tuple[int, ...] | None = None
+    noise_net: str | None = None
+
+
+@dataclass
+class View:
+    """One score view of a pass: rows are softmaxed over the last dim for the consistency term.
+    `grad=False` views (targets) contribute their value without gradient."""
+
+    logits: torch.Tensor
+    grad: bool = True
+
+
+@dataclass
+class PassOutput:
+    """What a base model's `decode` returns: the pass's loss and its views."""
+
+    loss: torch.Tensor
+    views: list[View]
 
 
 @dataclass
@@ -77,13 +109,32 @@ class Recommender(nn.Module):
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
+    def require_graphs(self, graphs: Graphs | None, what: str) -> Graphs:
+        """`graphs`, or a ValueError naming the model and `what` it reads from them when there are none."""
+        if graphs is None:
+            raise ValueError(f"{type(self).__name__} needs the graph artefacts ({what}); got graphs=None")
+        return graphs
+
+    def register_item_features(self, data: InteractionData, trainable: bool) -> None:
+        """Copy the dataset's item features into the model as `<modality>_features`, [n_items, dim]:
+        parameters when `trainable` (fine-tuned), else buffers kept out of checkpoints.
+
+        Copies, so training never writes into the dataset's arrays.
+        """
+        for modality, features in data.features().items():
+            tensor = torch.tensor(features)
+            if trainable:
+                self.register_parameter(f"{modality}_features", nn.Parameter(tensor))
+            else:
+                self.register_buffer(f"{modality}_features", tensor, persistent=False)
+
     def item_features(self) -> dict[str, torch.Tensor]:
-        """The stored item feature tensors by modality ('image', 'text'), [n_items, dim] each.
+        """The stored item feature tensors by modality, in `MODALITIES` order.
 
         The robustness stage perturbs them in place (noise, a removed modality) before scoring, so
-        they must be the tensors the model actually reads (buffers, or parameters when fine-tuned).
+        they are the tensors the model actually reads (buffers, or parameters when fine-tuned).
         """
-        raise NotImplementedError
+        return {m: getattr(self, f"{m}_features") for m in MODALITIES}
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""BM3: bootstrapped multimodal latent representations, without negatives (SPEC §5.4)."""
+"""BM3: bootstrapped multimodal latent representations, without negatives (docs/method.md, "BM3")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,10 +8,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from pipeline.dataset import InteractionData
-from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, take_rows
-from pipeline.models.graph_ops import MODALITIES, light_gcn, to_csr
+from pipeline.models.base import TEXT_FIRST, Batch, DVIBSite, PassOutput, Recommender, View, take_rows
+from pipeline.models.graph_ops import light_gcn, to_csr
 
 
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -71,8 +70,7 @@ class BM3(Recommender):
         discard_consistency: bool,
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("BM3 needs the graph artefacts (the normalised adjacency); got graphs=None")
+        graphs = self.require_graphs(graphs, "the normalised adjacency")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"models.BM3.dropout: expected 0 <= dropout < 1, got {dropout}")
         if n_layers < 0:
@@ -87,9 +85,7 @@ class BM3(Recommender):
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, embedding_size)))
         self.predictor = nn.Linear(embedding_size, embedding_size)
         nn.init.xavier_normal_(self.predictor.weight)
-        # Copies: the features are fine-tuned in place and must not alias the dataset's arrays.
-        self.text_features = nn.Parameter(torch.tensor(data.text_features))
-        self.image_features = nn.Parameter(torch.tensor(data.image_features))
+        self.register_item_features(data, trainable=True)
         self.text_trs = nn.Linear(data.text_features.shape[1], embedding_size)
         self.image_trs = nn.Linear(data.image_features.shape[1], embedding_size)
         nn.init.xavier_normal_(self.text_trs.weight)
@@ -97,10 +93,7 @@ class BM3(Recommender):
         self.register_buffer("norm_adj", to_csr(graphs.norm_adj), persistent=False)
 
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
-        return [DVIBSite(m, self.embedding_size, noise_net="modality") for m in MODALITIES]
-
-    def item_features(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image_features, "text": self.text_features}
+        return [DVIBSite(m, self.embedding_size, noise_net="modality") for m in TEXT_FIRST]
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Online representations: LightGCN users, LightGCN items + item id embeddings."""
@@ -140,7 +133,7 @@ class BM3(Recommender):
     def decode(self, hidden, context: _Context, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
         feature_loss = hidden["text"].new_zeros(())
         views = []
-        for m in MODALITIES:
+        for m in TEXT_FIRST:
             h = hidden[m] if context.site_rows is None else take_rows(hidden[m], context.site_rows)
             target = self._targets(h)[context.rows]
             online = take_rows(self.predictor(h), context.rows)

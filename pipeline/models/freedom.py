@@ -1,4 +1,4 @@
-"""FREEDOM: a frozen multimodal item graph and a degree-pruned user–item graph (SPEC §5.5, MMRec's version)."""
+"""FREEDOM: a frozen multimodal item graph and a degree-pruned user–item graph (MMRec's version; docs/method.md, "FREEDOM")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from pipeline.dataset import InteractionData
-from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs, knn_adjacency
-from pipeline.models.base import Batch, Recommender, bpr_loss, take_rows
-from pipeline.models.graph_ops import MODALITIES, light_gcn, sparse_matmul, to_csr
+from pipeline.models.base import TEXT_FIRST, Batch, DVIBSite, PassOutput, Recommender, View, bpr_loss, take_rows
+from pipeline.models.graph_ops import light_gcn, sparse_matmul, to_csr
 
 
 def train_edges(norm_adj: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,8 +109,7 @@ class FREEDOM(Recommender):
         n_ui_layers: int,
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("FREEDOM needs the graph artefacts (Â and the kNN item graphs); got graphs=None")
+        graphs = self.require_graphs(graphs, "Â and the kNN item graphs")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"models.FREEDOM.dropout: expected 0 <= dropout < 1, got {dropout}")
         if not 0.0 <= mm_image_weight <= 1.0:
@@ -125,9 +123,7 @@ class FREEDOM(Recommender):
         self.n_ui_layers = n_ui_layers
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, embedding_size)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, embedding_size)))
-        # Copies: the features are fine-tuned in place and must not alias the dataset's arrays.
-        self.text_features = nn.Parameter(torch.tensor(data.text_features))
-        self.image_features = nn.Parameter(torch.tensor(data.image_features))
+        self.register_item_features(data, trainable=True)
         self.text_trs = nn.Linear(data.text_features.shape[1], embedding_size)  # torch's default init, as MMRec
         self.image_trs = nn.Linear(data.image_features.shape[1], embedding_size)
 
@@ -145,10 +141,7 @@ class FREEDOM(Recommender):
         self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
 
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
-        return [DVIBSite(m, self.embedding_size) for m in MODALITIES]
-
-    def item_features(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image_features, "text": self.text_features}
+        return [DVIBSite(m, self.embedding_size) for m in TEXT_FIRST]
 
     def pre_epoch(self, generator: torch.Generator) -> None:
         """Degree-sensitive edge pruning: a fresh masked graph for the coming epoch."""
@@ -199,7 +192,7 @@ class FREEDOM(Recommender):
         loss = self.reg_weight * feature_loss
         if not noisy:
             loss = context.main_loss + loss
-        views = [View(hidden[m]) for m in MODALITIES] if with_views else []
+        views = [View(hidden[m]) for m in TEXT_FIRST] if with_views else []
         return PassOutput(loss, views)
 
     def scorer(self):

@@ -4,10 +4,10 @@
   over the N = U + I nodes, with weighted neighbour sums, per-edge dot products and a softmax
   over each node's incoming edges. Products run as CSR sparse × dense kernels with hand-written
   backward passes (the transposed product reuses the same pattern, the value gradient is a
-  sampled dense product): several times faster on CPU than COO `torch.sparse.mm` or
-  gather/`index_add_` over edges, and the same code runs on CUDA.
-- `RepresentationCache`: the node representation of the last clean training pass, which the
-  reference scores with (stale by one optimiser step).
+  sampled dense product; docs/speed.md, lever `spmm`); the same code runs on CUDA.
+- `RepresentationCache`, `NodeRepresentationModel`: a model scored with one node representation
+  [users ; items], by default the one of the last clean training pass, as the reference does
+  (stale by one optimiser step).
 - `to_csr`, `sparse_matmul`, `light_gcn`: products with a frozen sparse graph (Â, FREEDOM's kNN
   graph) and LightGCN propagation over it (BM3, FREEDOM).
 
@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from pipeline.models.base import bpr_loss, take_rows
+from pipeline.models.base import Recommender, View, bpr_loss, take_rows
 
 
 class UndirectedEdges(nn.Module):
@@ -158,16 +158,45 @@ class RepresentationCache:
             return None
         return self._value
 
-    def clear(self) -> None:
-        self._value = None
-        self._key = None
 
+class NodeRepresentationModel(Recommender):
+    """A recommender whose scores are ⟨r_u, r_{U+i}⟩ of one node representation r [N, d] (MMGCN, GRCN).
 
-MODALITIES = ("text", "image")
+    Subclasses set `n_users` and `cache_prediction` and implement `fresh_representation()`; their
+    clean training pass hands its representation to `remember`. With `cache_prediction` the scorer
+    reuses it, as the reference does, unless the item features changed since.
+    """
+
+    n_users: int
+    cache_prediction: bool
+
+    def __init__(self):
+        super().__init__()
+        self._cache = RepresentationCache()
+
+    def fresh_representation(self) -> torch.Tensor:
+        """The clean node representation [N, d] computed from the current weights and features."""
+        raise NotImplementedError
+
+    def remember(self, representation: torch.Tensor) -> None:
+        """Keep the representation of a clean training pass for scoring."""
+        self._cache.store(representation, self.item_features())
+
+    def item_views(self, users: torch.Tensor, representation: torch.Tensor) -> list[View]:
+        """The consistency view of a pass: the batch users' scores over every item."""
+        return [View(users @ representation[self.n_users :].T)]
+
+    def scorer(self):
+        rep = self._cache.get(self.item_features()) if self.cache_prediction else None
+        if rep is None:
+            with torch.no_grad():
+                rep = self.fresh_representation()
+        users_rep, items_rep = rep[: self.n_users], rep[self.n_users :]
+        return lambda users: users_rep[users] @ items_rep.T
 
 
 def to_csr(adj: torch.Tensor) -> torch.Tensor:
-    """A sparse matrix in CSR layout: sparse × dense products are several times faster than with COO."""
+    """A sparse matrix in CSR layout, for sparse × dense products (docs/speed.md, lever `spmm`)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return adj.coalesce().to_sparse_csr()

@@ -1,4 +1,4 @@
-"""GRCN: graph-refined convolution, content attention re-weighting an id graph (SPEC §5.3)."""
+"""GRCN: graph-refined convolution, content attention re-weighting an id graph (docs/method.md, "GRCN")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,12 +8,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from pipeline.dataset import InteractionData
-from pipeline.dvib import DVIBSite, PassOutput, View
+from pipeline.dataset import MODALITIES
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, take_rows
-from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges, node_bpr_with_id_reg
-
-MODALITIES = ("image", "text")
+from pipeline.models.base import Batch, DVIBSite, PassOutput, take_rows
+from pipeline.models.graph_ops import NodeRepresentationModel, UndirectedEdges, node_bpr_with_id_reg
 
 
 @dataclass
@@ -24,7 +22,7 @@ class GRCNContext:
     id_rep: torch.Tensor | None  # [N, d] when the site is the content (base model, variant a)
 
 
-class GRCN(Recommender):
+class GRCN(NodeRepresentationModel):
     """score(u, i) = ⟨r_u, r_{U+i}⟩ with r = [id_rep ; out_image ; out_text] (64 + 2·64 wide).
 
     Reference settings: add aggregation, 'confid' edge weights, concat fusion, no activation,
@@ -66,17 +64,14 @@ class GRCN(Recommender):
         noisy_edge_relu: bool,
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("GRCN needs the graph artefacts (edge_index); got graphs=None")
+        graphs = self.require_graphs(graphs, "edge_index")
         self.n_users, self.n_items = data.n_users, data.n_items
         self.latent_dim = latent_dim
         self.reg_weight = reg_weight
         self.cache_prediction = cache_prediction
         self.noisy_edge_relu = noisy_edge_relu
         n_nodes = data.n_users + data.n_items
-        # Input data, not weights: copied (the dataset's arrays stay untouched), kept out of checkpoints.
-        self.register_buffer("image_features", torch.tensor(data.image_features), persistent=False)
-        self.register_buffer("text_features", torch.tensor(data.text_features), persistent=False)
+        self.register_item_features(data, trainable=False)
         self.edges = UndirectedEdges(graphs.edge_index, n_nodes)
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, embedding_size)))
         self.preferences = nn.ParameterDict(
@@ -86,15 +81,11 @@ class GRCN(Recommender):
         for mlp in self.mlps.values():
             nn.init.xavier_normal_(mlp.weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(MODALITIES))))
-        self._cache = RepresentationCache()
 
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
         if variant == "c":
             return [DVIBSite("edge_attention", len(MODALITIES))]
         return [DVIBSite("content", len(MODALITIES) * self.latent_dim)]
-
-    def item_features(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image_features, "text": self.text_features}
 
     def modality_graph(self, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(out_m [N, d], attention α_m [nnz]) of one modality."""
@@ -135,7 +126,7 @@ class GRCN(Recommender):
     def decode(self, hidden, context: GRCNContext, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
         rep = self.representation_from(hidden, context, noisy)
         if not noisy:
-            self._cache.store(rep, self.item_features())
+            self.remember(rep)
         users, loss, reg = node_bpr_with_id_reg(
             rep, self.id_embedding, batch.users, batch.pos_items, batch.neg_items, self.n_users
         )
@@ -143,14 +134,8 @@ class GRCN(Recommender):
         reg = reg + image_pref.square().mean() + take_rows(image_pref, batch.users).square().mean()
         reg = reg + take_rows(text_pref, batch.users).square().mean()
         loss = loss + self.reg_weight * reg
-        views = [View(users @ rep[self.n_users :].T)] if with_views else []
-        return PassOutput(loss, views)
+        return PassOutput(loss, self.item_views(users, rep) if with_views else [])
 
-    def scorer(self):
-        rep = self._cache.get(self.item_features()) if self.cache_prediction else None
-        if rep is None:
-            with torch.no_grad():
-                hidden, context = self.encode(None, None)
-                rep = self.representation_from(hidden, context, noisy=False)
-        users_rep, items_rep = rep[: self.n_users], rep[self.n_users :]
-        return lambda users: users_rep[users] @ items_rep.T
+    def fresh_representation(self) -> torch.Tensor:
+        hidden, context = self.encode(None, None)
+        return self.representation_from(hidden, context, noisy=False)

@@ -1,4 +1,4 @@
-"""MMGCN: one graph convolution network per modality over the user–item graph (SPEC §5.2)."""
+"""MMGCN: one graph convolution network per modality over the user–item graph (docs/method.md, "MMGCN")."""
 from __future__ import annotations
 
 import torch
@@ -6,10 +6,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from pipeline.dataset import InteractionData
-from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, linear_of_concat
-from pipeline.models.graph_ops import RepresentationCache, UndirectedEdges, node_bpr_with_id_reg
+from pipeline.models.base import Batch, DVIBSite, PassOutput, linear_of_concat
+from pipeline.models.graph_ops import NodeRepresentationModel, UndirectedEdges, node_bpr_with_id_reg
 
 LEAKY_SLOPE = 0.01
 N_LAYERS = 3  # the reference always builds three layers, whatever its `n_layers` setting says
@@ -64,7 +63,7 @@ class ModalityGCN(nn.Module):
         return x
 
 
-class MMGCN(Recommender):
+class MMGCN(NodeRepresentationModel):
     """Multimodal graph convolution network: R = (R_image + R_text) / 2, score(u, i) = ⟨R_u, R_{U+i}⟩.
 
     Args:
@@ -101,15 +100,12 @@ class MMGCN(Recommender):
         text_noise_hidden: list[int],
     ):
         super().__init__()
-        if graphs is None:
-            raise ValueError("MMGCN needs the graph artefacts (edge_index); got graphs=None")
+        graphs = self.require_graphs(graphs, "edge_index")
         self.n_users, self.n_items = data.n_users, data.n_items
         self.reg_weight = reg_weight
         self.cache_prediction = cache_prediction
         self.noise_hidden = {"image": tuple(image_noise_hidden), "text": tuple(text_noise_hidden)}
-        # Input data, not weights: copied (the dataset's arrays stay untouched), kept out of checkpoints.
-        self.register_buffer("image_features", torch.tensor(data.image_features), persistent=False)
-        self.register_buffer("text_features", torch.tensor(data.text_features), persistent=False)
+        self.register_item_features(data, trainable=False)
         n_nodes = data.n_users + data.n_items
         id_embedding = nn.init.xavier_normal_(torch.empty(n_nodes, embedding_size))
         if trainable_id_and_preference:
@@ -126,16 +122,12 @@ class MMGCN(Recommender):
         self.text_gcn = ModalityGCN(
             data.n_users, data.text_features.shape[1], None, embedding_size, trainable_id_and_preference
         )
-        self._cache = RepresentationCache()
 
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
         return [
             DVIBSite("image", self.image_features.shape[1], noise_hidden=self.noise_hidden["image"]),
             DVIBSite("text", self.text_features.shape[1], noise_hidden=self.noise_hidden["text"]),
         ]
-
-    def item_features(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image_features, "text": self.text_features}
 
     def representation(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Node representations [N, d] from (possibly perturbed) raw image and text features."""
@@ -149,19 +141,13 @@ class MMGCN(Recommender):
     def decode(self, hidden, context, batch: Batch, noisy: bool, with_views: bool) -> PassOutput:
         rep = self.representation(hidden["image"], hidden["text"])
         if not noisy:
-            self._cache.store(rep, self.item_features())
+            self.remember(rep)
         users, loss, reg = node_bpr_with_id_reg(
             rep, self.id_embedding, batch.users, batch.pos_items, batch.neg_items, self.n_users
         )
         reg = reg + self.image_gcn.preference.square().mean()
         loss = loss + self.reg_weight * reg
-        views = [View(users @ rep[self.n_users :].T)] if with_views else []
-        return PassOutput(loss, views)
+        return PassOutput(loss, self.item_views(users, rep) if with_views else [])
 
-    def scorer(self):
-        rep = self._cache.get(self.item_features()) if self.cache_prediction else None
-        if rep is None:
-            with torch.no_grad():
-                rep = self.representation(self.image_features, self.text_features)
-        users_rep, items_rep = rep[: self.n_users], rep[self.n_users :]
-        return lambda users: users_rep[users] @ items_rep.T
+    def fresh_representation(self) -> torch.Tensor:
+        return self.representation(self.image_features, self.text_features)

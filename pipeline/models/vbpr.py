@@ -1,4 +1,4 @@
-"""VBPR: visual Bayesian personalised ranking with text and image content (SPEC §5.1)."""
+"""VBPR: visual Bayesian personalised ranking with text and image content (docs/method.md, "VBPR")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 from pipeline.dataset import InteractionData
-from pipeline.dvib import DVIBSite, PassOutput, View
 from pipeline.graphs import Graphs
-from pipeline.models.base import Batch, Recommender, emb_loss, linear_of_concat, take_rows
+from pipeline.models.base import Batch, DVIBSite, PassOutput, Recommender, View, emb_loss, linear_of_concat, take_rows
 
 
 class VBPR(Recommender):
@@ -28,9 +27,7 @@ class VBPR(Recommender):
         self.reg_weight = reg_weight
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, 2 * embedding_size)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, embedding_size)))
-        # Input data, not weights: copied (the dataset's arrays stay untouched), kept out of checkpoints.
-        self.register_buffer("text_features", torch.tensor(data.text_features), persistent=False)
-        self.register_buffer("image_features", torch.tensor(data.image_features), persistent=False)
+        self.register_item_features(data, trainable=False)
         text_dim, image_dim = data.text_features.shape[1], data.image_features.shape[1]
         self.item_linear = nn.Linear(text_dim + image_dim, embedding_size)
         nn.init.xavier_normal_(self.item_linear.weight)
@@ -39,9 +36,6 @@ class VBPR(Recommender):
 
     def dvib_sites(self, variant: str) -> list[DVIBSite]:
         return [DVIBSite("content", self.embedding_size)]
-
-    def item_features(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image_features, "text": self.text_features}
 
     def content(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """W [text ; image] + b for `items` (all items when None), without materialising the concatenation."""
@@ -76,7 +70,7 @@ class VBPR(Recommender):
             if context.item_rows is not None:
                 raise RuntimeError("VBPR: score views need encode() with a DVIB variant (all items' content)")
             # One [B, 2d] @ [2d, I] product: sharing the γ half between the clean and noisy views saves
-            # a quarter of the FLOPs but measured slower (an extra B × I accumulation; see benchmarks/levers.py).
+            # a quarter of the FLOPs but costs an extra B × I accumulation (docs/speed.md, lever `vbpr_views`).
             views = [View(users @ torch.cat([self.item_embedding, content], dim=1).T)]
         return PassOutput(loss, views)
 

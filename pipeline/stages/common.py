@@ -6,6 +6,7 @@ from typing import Callable
 
 from pipeline.config import ConfigError, section
 from pipeline.dataset import DatasetError
+from pipeline.model_names import UnknownModelError
 
 DATASETS_DIR = "data/datasets"
 GRAPHS_DIR = "data/graphs"
@@ -24,8 +25,6 @@ def needed_datasets(params) -> list[str]:
 
 def run_stage(body: Callable[[], object], log: logging.Logger) -> int:
     """Run a stage body; a configuration, dataset or missing-input error becomes one logged line and exit 1."""
-    from pipeline.models import UnknownModelError  # local: the registry imports torch
-
     try:
         body()
     except (ConfigError, DatasetError, UnknownModelError, FileNotFoundError) as exc:

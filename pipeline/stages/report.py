@@ -5,24 +5,31 @@ metrics/table/<dataset>/<model>/seed<k>.json (training run) and
 metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Writes
 - metrics/summary.json  {dataset: {model: seed means/stds, change vs base, robustness means}};
 - metrics/summary.md    the paper-style tables (see pipeline/report.py for the conventions);
-- metrics/figures/robustness_<dataset>_<base>.png  Recall@20 against noise level, base and variants;
-- metrics/plots/robustness_<dataset>_<base>.csv    the same curves for `dvc plots show/diff`
-  (columns noise_level, then one per variant: base, DVIBc, DVIBa).
+- metrics/figures/robustness_<dataset>_<base>.png  Recall@20 against noise level, base and variants
+  (‡ in the title when the model's scores do not read the features at test time);
+- metrics/plots/robustness/<dataset>_<base>.csv  the same curves for `dvc plots`, long format
+  (noise_level, variant, recall@20), one colour per variant through the `variants` template;
+- metrics/plots/curves/<dataset>_<base>.csv  validation Recall@20 per epoch of base, +DVIBc and
+  +DVIBa (step, variant, recall@20; mean over the seeds that reached the epoch), from the table's
+  dvclive curves under metrics/curves.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import pandas as pd
+
 from pipeline.atomic import staged_directory, write_json, write_text
-from pipeline.config import ConfigError, read_params, section
-from pipeline.report import CURVE_METRIC, display_name, markdown_report, model_name, noise_curve, short_metric, summarise_dataset
-from pipeline.stages.common import setup_logging
+from pipeline.config import read_params, table_config
+from pipeline.report import (
+    CURVE_METRIC, NO_FEATURES_MARK, NO_FEATURES_NOTE, display_name, markdown_report, model_name, noise_curve,
+    short_metric, summarise_dataset, variant_label,
+)
+from pipeline.stages.common import run_stage, setup_logging
 
 log = logging.getLogger("pipeline.stages.report")
 METRICS_DIR = Path("metrics")
@@ -45,22 +52,34 @@ def collect(root: Path, dataset: str, models: Sequence[str], seeds: Sequence[int
     return {m: [read_record(run_path(root, kind, dataset, m, s)) for s in seeds] for m in models}
 
 
-def curve_columns(variants: Sequence[str]) -> dict[str, str]:
-    """CSV column of each variant: 'base' for the plain model, 'DVIBc', 'DVIBa' (the same for every base)."""
-    return {v: f"DVIB{v}" if v else "base" for v in variants}
+def robustness_frame(summary: Mapping[str, Mapping], base: str, variants: Sequence[str]) -> pd.DataFrame:
+    """Long-format noise curves of one base: a row per (noise level, variant), mean over seeds."""
+    rows = [
+        {"noise_level": level, "variant": variant_label(v), CURVE_METRIC: mean}
+        for v in variants
+        for level, mean, _std in noise_curve(summary[model_name(base, v)])
+    ]
+    return pd.DataFrame(rows, columns=["noise_level", "variant", CURVE_METRIC])
 
 
-def curves_csv(summary: Mapping[str, Mapping], base: str, variants: Sequence[str]) -> str:
-    """CSV text of one base's noise curves: a row per noise level, a column per variant."""
-    columns = curve_columns(variants)
-    curves = {v: noise_curve(summary[model_name(base, v)]) for v in variants}
-    levels = [level for level, _, _ in curves[variants[0]]]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["noise_level", *columns.values()])
-    for i, level in enumerate(levels):
-        writer.writerow([f"{level:g}", *(f"{curves[v][i][1]:.6f}" for v in variants)])
-    return out.getvalue()
+def learning_curve_frame(root: Path, dataset: str, base: str, variants: Sequence[str],
+                         seeds: Sequence[int]) -> pd.DataFrame:
+    """Long-format validation learning curves of one base and its variants: a row per (epoch, variant),
+    the mean over the seeds that reached that epoch."""
+    frames = []
+    for v in variants:
+        for seed in seeds:
+            tsv = (root / "curves" / dataset / model_name(base, v) / f"seed{seed}" / "plots" / "metrics" / "valid"
+                   / f"{CURVE_METRIC}.tsv")
+            if not tsv.is_file():
+                raise FileNotFoundError(f"{tsv}: missing; run `dvc repro` to produce it")
+            frames.append(pd.read_csv(tsv, sep="\t").assign(variant=variant_label(v)))
+    curves = pd.concat(frames).groupby(["step", "variant"], sort=False, as_index=False)[CURVE_METRIC].mean()
+    return curves.sort_values(["variant", "step"], key=_variant_order, kind="stable")[["step", "variant", CURVE_METRIC]]
+
+
+def _variant_order(column: pd.Series) -> pd.Series:
+    return column.map({"base": 0, "DVIBc": 1, "DVIBa": 2}) if column.name == "variant" else column
 
 
 def save_curve_figure(path: Path, summary: Mapping[str, Mapping], dataset: str, base: str,
@@ -78,25 +97,13 @@ def save_curve_figure(path: Path, summary: Mapping[str, Mapping], dataset: str, 
                       label=display_name(base, variant))
     axes.set_xlabel("noise level (× feature std)")
     axes.set_ylabel(f"test {short_metric(CURVE_METRIC)}")
-    axes.set_title(f"{base} on {dataset}")
+    blind = not all(summary[model_name(base, v)]["scores_respond_to_features"] for v in variants)
+    axes.set_title(f"{base} on {dataset}" + (f" {NO_FEATURES_MARK}" if blind else ""))
+    if blind:
+        figure.text(0.01, 0.01, NO_FEATURES_NOTE, fontsize=7, alpha=0.8)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.savefig(path, format="png", dpi=120, metadata={"Software": None})
-
-
-def table_settings(params: Mapping) -> tuple[list[str], list[str], list[str], list[int]]:
-    """(datasets, bases, variants, seeds) of params.yaml `table`, checked."""
-    table = section(params, "table")
-    values = []
-    for key in ("datasets", "bases", "variants", "seeds"):
-        value = section(table, key, "params.yaml: table")
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"params.yaml: table.{key}: expected a non-empty list")
-        values.append(value)
-    datasets, bases, variants, seeds = values
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise ConfigError(f"params.yaml: table.seeds: expected integers, got {seeds}")
-    return [str(d) for d in datasets], [str(b) for b in bases], [str(v or "") for v in variants], seeds
 
 
 def build_report(root: Path, datasets: list[str], bases: list[str], variants: list[str], seeds: list[int]) -> dict:
@@ -111,27 +118,31 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
     }
     figures: dict[str, dict[str, str]] = {}
     with staged_directory(root / "figures") as figure_dir, staged_directory(root / "plots") as plot_dir:
+        (plot_dir / "robustness").mkdir()
+        (plot_dir / "curves").mkdir()
         for dataset, summary in summaries.items():
             for base in bases:
-                stem = f"robustness_{dataset}_{base}"
-                save_curve_figure(figure_dir / f"{stem}.png", summary, dataset, base, variants)
-                (plot_dir / f"{stem}.csv").write_text(curves_csv(summary, base, variants))
-                figures.setdefault(dataset, {})[base] = f"figures/{stem}.png"
+                stem = f"{dataset}_{base}"
+                save_curve_figure(figure_dir / f"robustness_{stem}.png", summary, dataset, base, variants)
+                robustness_frame(summary, base, variants).to_csv(plot_dir / "robustness" / f"{stem}.csv",
+                                                                index=False, float_format="%.6g")
+                learning_curve_frame(root, dataset, base, variants, seeds).to_csv(
+                    plot_dir / "curves" / f"{stem}.csv", index=False, float_format="%.6g")
+                figures.setdefault(dataset, {})[base] = f"figures/robustness_{stem}.png"
     write_json(root / "summary.json", summaries)
     write_text(root / "summary.md", markdown_report(summaries, bases, variants, seeds, figures))
     return summaries
 
 
+def run() -> None:
+    table = table_config(read_params())
+    build_report(METRICS_DIR, list(table.datasets), list(table.bases), list(table.variants), list(table.seeds))
+    print((METRICS_DIR / "summary.md").read_text())
+
+
 def main() -> int:
     setup_logging()
-    try:
-        datasets, bases, variants, seeds = table_settings(read_params())
-        build_report(METRICS_DIR, datasets, bases, variants, seeds)
-    except (ConfigError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    print((METRICS_DIR / "summary.md").read_text())
-    return 0
+    return run_stage(run, log)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ from torch import nn
 from pipeline.atomic import staged_directory, write_json
 from pipeline.config import ConfigError, ExperimentConfig, read_params, section
 from pipeline.dataset import InteractionData, load_mmrec
-from pipeline.dvib import DVIB
 from pipeline.evaluation import Evaluator
 from pipeline.graphs import Graphs, load_graphs
-from pipeline.models import build_model, parse_model_name
+from pipeline.model_names import parse_model_name
+from pipeline.models import build_model
+from pipeline.models.dvib import DVIB
 from pipeline.robustness import conditions_from_params, evaluate_conditions, scores_respond_to_features
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
-from pipeline.runtime import configure_runtime
-from pipeline.trainer import resolve_device
+from pipeline.runtime import configure_runtime, resolve_device
 
 log = logging.getLogger("pipeline.stages.robustness")
 SENSITIVITY_USERS = 256  # test users whose scores decide whether the features reach the ranking

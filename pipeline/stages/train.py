@@ -29,9 +29,9 @@ from pipeline.dataset import InteractionData, load_mmrec
 from pipeline.graphs import load_graphs
 from pipeline.models import build_model
 from pipeline.resume import ResumeStore, run_key
-from pipeline.runtime import configure_runtime
+from pipeline.runtime import configure_runtime, resolve_device
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
-from pipeline.trainer import resolve_device, train
+from pipeline.trainer import train
 
 log = logging.getLogger("pipeline.stages.train")
 RESUME_FILE = Path("models/resume/train/state.pt")  # the single-experiment stage's resumable state
