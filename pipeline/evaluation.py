@@ -44,12 +44,12 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, topk: tuple[
 def top_k_columns(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Column indices of each row's k largest scores, best first: the values torch.topk selects.
 
-    On CPU torch.topk takes ~25 µs per row of 7,000 items (two threads). Here a row's first g·m columns form m
-    groups of g (group j: columns j, j + m, j + 2m, ...; g ≈ √(n/k)); only the k groups with the
-    largest maxima can hold the row's top k (any other element has k group maxima at least as large
-    above it), so torch.topk runs on their k·g members (plus the n mod g leftover columns): ~1.5×
-    faster at Baby size (benchmarks/levers.py, lever `topk`). Tied scores may come out in another
-    order than torch.topk's, which documents none. CUDA uses torch.topk directly.
+    On CPU a row's first g·m columns form m groups of g (group j: columns j, j + m, j + 2m, ...;
+    g ≈ √(n/k)); only the k groups with the largest maxima can hold the row's top k (any other
+    element has k group maxima at least as large above it), so torch.topk runs on their k·g members
+    (plus the n mod g leftover columns) instead of the whole row (docs/speed.md, lever `topk`). Tied
+    scores may come out in another order than torch.topk's, which documents none. CUDA uses
+    torch.topk directly.
     """
     n = scores.shape[1]
     group = max(2, round(math.sqrt(n / max(k, 1))))
