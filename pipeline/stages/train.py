@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.atomic import save_torch, staged_directory, write_json, write_text
 from pipeline.config import ExperimentConfig, experiment_config, read_params
@@ -31,7 +32,7 @@ from pipeline.models import build_model
 from pipeline.resume import ResumeStore, run_key
 from pipeline.runtime import configure_runtime, resolve_device
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
-from pipeline.trainer import train
+from pipeline.trainer import TrainResult, train
 
 log = logging.getLogger("pipeline.stages.train")
 RESUME_FILE = Path("models/resume/train/state.pt")  # the single-experiment stage's resumable state
@@ -60,8 +61,9 @@ def write_curves(folder: Path, curves: Mapping[str, str]) -> None:
 
 
 def train_with_curves(
-    cfg: ExperimentConfig, data: InteractionData, objective, device, store: ResumeStore, state: Mapping | None
-) -> tuple[Any, dict[str, str]]:
+    cfg: ExperimentConfig, data: InteractionData, objective: nn.Module, device: torch.device, store: ResumeStore,
+    state: Mapping[str, Any] | None,
+) -> tuple[TrainResult, dict[str, str]]:
     """Train (from `state` when given), logging dvclive curves and saving the resumable state with
     the dvclive step and curves; returns the TrainResult and the final curves."""
     from dvclive import Live  # imported here: it is slow to import and only needed by this stage
