@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -68,10 +68,14 @@ def train_with_curves(
     the dvclive step and curves; returns the TrainResult and the final curves."""
     from dvclive import Live  # imported here: it is slow to import and only needed by this stage
 
-    with tempfile.TemporaryDirectory(prefix="dvclive-") as live_dir:
+    # dvclive's working folder sits beside the state: a killed run's copy is removed by the next run.
+    live_dir = store.path.with_name(f".{store.path.stem}-dvclive")
+    shutil.rmtree(live_dir, ignore_errors=True)
+    live_dir.mkdir(parents=True)
+    try:
         if state is not None:
-            write_curves(Path(live_dir), state["curves"])
-        with Live(dir=live_dir, dvcyaml=None, save_dvc_exp=False, report=None, resume=True) as live:
+            write_curves(live_dir, state["curves"])
+        with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=True) as live:
             live.step = state["live_step"] if state is not None else 0
 
             def on_epoch(epoch):
@@ -81,11 +85,12 @@ def train_with_curves(
                 live.next_step()
 
             def save_state(training: dict) -> None:
-                store.save({"phase": "training", **training, "live_step": live.step,
-                            "curves": read_curves(Path(live_dir))})
+                store.save({"phase": "training", **training, "live_step": live.step, "curves": read_curves(live_dir)})
 
             result = train(objective, data, cfg, device, on_epoch=on_epoch, resume_from=state, save_state=save_state)
-        return result, read_curves(Path(live_dir))
+        return result, read_curves(live_dir)
+    finally:
+        shutil.rmtree(live_dir, ignore_errors=True)
 
 
 def write_outputs(outputs: Mapping[str, Any], metrics_path: Path, checkpoint_path: Path, curves_dir: Path) -> None:
