@@ -136,6 +136,7 @@ class TrainConfig:
     weight_decay: float = at_least(0.0)
     device: str
     threads: int = at_least(0)
+    checkpoint_every: int = at_least(1)  # epochs between two saves of the resumable state
 
     def validate(self, where: str) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

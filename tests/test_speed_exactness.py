@@ -233,7 +233,8 @@ from pipeline.config import experiment_config, read_params
 from pipeline.dataset import load_mmrec
 from pipeline.graphs import graphs_in_memory
 from pipeline.models import build_model
-from pipeline.trainer import reuse_freed_memory, train
+from pipeline.runtime import reuse_freed_memory
+from pipeline.trainer import train
 root, folder = sys.argv[1:3]
 torch.set_num_threads(1)
 torch.set_flush_denormal(True)

@@ -32,7 +32,7 @@ from pipeline.models import build_model
 from pipeline.models.dvib import DVIB
 from pipeline.robustness import conditions_from_params, evaluate_conditions, scores_respond_to_features
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
-from pipeline.trainer import configure_runtime, resolve_device
+from pipeline.runtime import configure_runtime, resolve_device
 
 log = logging.getLogger("pipeline.stages.robustness")
 SENSITIVITY_USERS = 256  # test users whose scores decide whether the features reach the ranking
@@ -105,7 +105,8 @@ def run(dataset: str, checkpoint_dir: Path, output_dir: Path) -> list[dict]:
     data = load_mmrec(Path(DATASETS_DIR) / dataset)
     records = []
     with staged_directory(output_dir) as staged:
-        for path in checkpoints:
+        for i, path in enumerate(checkpoints, start=1):
+            log.info("[%d/%d] %s", i, len(checkpoints), path)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             train_cfg = checkpoint["config"]["train"]
             configure_runtime(int(train_cfg["threads"]))

@@ -4,12 +4,16 @@ Params: table.seeds, train, eval, dvib, models.<base>. For each seed k of `table
 models/table/<dataset>/<model>/seed<k>.pt, metrics/table/<dataset>/<model>/seed<k>.json and the
 curves under metrics/curves/<dataset>/<model>/seed<k>; then metrics/<dataset>/<model>.json with
 the mean and standard deviation of every test metric over the seeds (what `dvc metrics diff` shows).
+Each seed's resumable state lives in models/resume/table/<dataset>/<model>/seed<k>.pt until the
+whole cell is done: a re-run after a kill resumes the interrupted seed and does not retrain the
+seeds that had finished.
 Usage: python -m pipeline.stages.table --model FREEDOMa --dataset synthetic
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from pipeline.stages import train
 from pipeline.stages.common import run_stage, setup_logging
 
 log = logging.getLogger("pipeline.stages.table")
+RESUME_DIR = Path("models/resume/table")
 
 
 def seed_summary(runs: list[dict]) -> dict:
@@ -47,7 +52,8 @@ def run(model: str, dataset: str) -> dict:
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"params.yaml: table.seeds: expected a non-empty list of integers, got {seeds!r}")
     runs = []
-    for seed in seeds:
+    for i, seed in enumerate(seeds, start=1):
+        log.info("[%d/%d] %s on %s, seed %d", i, len(seeds), model, dataset, seed)
         runs.append(
             train.run(
                 model,
@@ -55,11 +61,16 @@ def run(model: str, dataset: str) -> dict:
                 metrics_path=Path("metrics/table") / dataset / model / f"seed{seed}.json",
                 checkpoint_path=Path("models/table") / dataset / model / f"seed{seed}.pt",
                 curves_dir=Path("metrics/curves") / dataset / model / f"seed{seed}",
+                resume_path=RESUME_DIR / dataset / model / f"seed{seed}.pt",
                 seed=seed,
             )
         )
     summary = seed_summary(runs)
     write_json(Path("metrics") / dataset / f"{model}.json", summary)
+    # The cell is complete: nothing is left to resume (the emptied folder stays: DVC persists it).
+    cell_dir = RESUME_DIR / dataset / model
+    shutil.rmtree(cell_dir, ignore_errors=True)
+    cell_dir.mkdir(parents=True)
     return summary
 
 
