@@ -71,7 +71,8 @@ from pipeline.model_names import model_names, parse_model_name  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR  # noqa: E402
 from pipeline.synthetic import write_synthetic  # noqa: E402
-from pipeline.trainer import TrainRows, configure_runtime, make_optimizer, resolve_device, train_epoch  # noqa: E402
+from pipeline.runtime import configure_runtime, resolve_device  # noqa: E402
+from pipeline.trainer import TrainRows, make_optimizer, train_epoch  # noqa: E402
 
 # Dataset sizes: users, items, mean interactions per user (~160,000 interactions for Baby).
 SIZES = {

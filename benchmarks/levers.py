@@ -30,7 +30,7 @@ not the wait). Levers:
   spmm        Â @ X (N × N, 2·pairs entries, X [N, 64]) with COO vs CSR layout
   malloc      out-of-place element-wise ops on a B × I tensor and the JS divergence, forward +
               backward, in a fresh process each: glibc's default (every large tensor a fresh mmap)
-              vs pipeline.trainer.reuse_freed_memory (freed memory kept for reuse)
+              vs pipeline.runtime.reuse_freed_memory (freed memory kept for reuse)
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:
 from pipeline.models.divergences import js_divergence, upstream_divergence  # noqa: E402
 from pipeline.evaluation import top_k_columns  # noqa: E402
 from pipeline.models.base import take_rows  # noqa: E402
-from pipeline.trainer import reuse_freed_memory  # noqa: E402
+from pipeline.runtime import reuse_freed_memory  # noqa: E402
 
 USERS, ITEMS, BATCH, IMAGE, TEXT, D = 19445, 7050, 2048, 4096, 384, 64
 PAIRS = 128_000  # distinct train pairs of the Baby-sized set (about 0.8 × 160,000)
