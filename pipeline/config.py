@@ -14,12 +14,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.errors import UserError
+
 from pipeline.model_names import parse_model_name
 
 PARAMS_FILE = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params.yaml section is missing, has unknown keys or values of the wrong type."""
 
 

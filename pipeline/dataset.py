@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
@@ -24,7 +26,7 @@ TRAIN, VALID, TEST = 0, 1, 2
 MAX_ID = 2**31 - 1  # ids count from 0: a larger one would need that many users or feature rows
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file is missing or does not follow the MMRec format."""
 
 

@@ -6,11 +6,13 @@ loading the models; `pipeline.models` maps each base name to its class.
 """
 from __future__ import annotations
 
+from pipeline.errors import UserError
+
 BASE_NAMES = ("VBPR", "MMGCN", "GRCN", "BM3", "FREEDOM")
 VARIANTS = ("c", "a")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """A model name that is not a registered base with an optional c/a suffix."""
 
 

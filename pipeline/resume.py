@@ -14,6 +14,7 @@ import torch
 
 from pipeline.atomic import write_atomic
 from pipeline.config import ExperimentConfig
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 _CHUNK = 1 << 20
 
 
-class ResumeStateError(OSError):
+class ResumeStateError(UserError, OSError):
     """The resume state could not be written (e.g. a full disk); the previous state is still in place."""
 
 

@@ -7,13 +7,16 @@ import sys
 
 import torch
 
+from pipeline.errors import UserError
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' means CUDA when available, else CPU; anything else is passed to torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
+        raise UserError(f"params.yaml: train.device is {name!r} but CUDA is not available on this machine; "
+                        "use `auto` (CUDA when present, else CPU) or `cpu`")
     return torch.device(name)
 
 

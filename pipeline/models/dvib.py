@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from pipeline.config import DVIBConfig
 from pipeline.model_names import VARIANTS
-from pipeline.models.base import DVIBSite, PassOutput, Recommender
+from pipeline.models.base import PassOutput, Recommender
 from pipeline.models.divergences import DIVERGENCE_FUNCTIONS
 
 PRIOR_STD = 0.5

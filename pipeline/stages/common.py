@@ -4,9 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from pipeline.config import ConfigError, section
-from pipeline.dataset import DatasetError
-from pipeline.model_names import UnknownModelError
+from pipeline.config import section
+from pipeline.errors import UserError
 
 DATASETS_DIR = "data/datasets"
 GRAPHS_DIR = "data/graphs"
@@ -24,10 +23,11 @@ def needed_datasets(params) -> list[str]:
 
 
 def run_stage(body: Callable[[], object], log: logging.Logger) -> int:
-    """Run a stage body; a configuration, dataset or missing-input error becomes one logged line and exit 1."""
+    """Run a stage body; a user error (bad params, data or environment) or a missing input becomes one
+    logged line and exit 1. Anything else is a bug and keeps its traceback."""
     try:
         body()
-    except (ConfigError, DatasetError, UnknownModelError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -12,9 +12,9 @@ from pathlib import Path
 from pipeline.amazon.build import build_amazon_dataset
 from pipeline.atomic import staged_directory
 from pipeline.config import ConfigError, SyntheticConfig, from_mapping, read_params, section
-from pipeline.dataset import DatasetError, load_mmrec
+from pipeline.dataset import load_mmrec
 from pipeline.derived import build_derived, build_order, is_derived, validate_derived_spec
-from pipeline.stages.common import DATASETS_DIR, needed_datasets, setup_logging
+from pipeline.stages.common import DATASETS_DIR, needed_datasets, run_stage, setup_logging
 from pipeline.synthetic import write_synthetic
 
 log = logging.getLogger("pipeline.stages.data")
@@ -42,8 +42,7 @@ def prepare_dataset(name: str, spec: dict, params: dict, root: Path) -> None:
     fetch_dataset(name, spec, root)
 
 
-def main() -> int:
-    setup_logging()
+def run() -> None:
     params = read_params()
     registry = section(params, "datasets")
     root = Path(DATASETS_DIR)
@@ -56,12 +55,12 @@ def main() -> int:
             validate_derived_spec(name, registry[name], registry)
     for name in order:
         prepare_dataset(name, registry[name], params, root)
-    return 0
+
+
+def main() -> int:
+    setup_logging()
+    return run_stage(run, log)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DatasetError, ConfigError) as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    sys.exit(main())

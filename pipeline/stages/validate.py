@@ -16,8 +16,10 @@ from pipeline.atomic import write_json
 from pipeline.config import (
     ConfigError, SyntheticConfig, experiment_config, from_mapping, read_params, section, table_config,
 )
+from pipeline.derived import build_order, is_derived, validate_derived_spec
 from pipeline.models import check_model_params
 from pipeline.robustness import conditions_from_params
+from pipeline.runtime import resolve_device
 from pipeline.sources.registry import resolve_source
 from pipeline.stages.common import needed_datasets, run_stage, setup_logging
 
@@ -32,13 +34,15 @@ def check_datasets(params: Mapping[str, Any]) -> None:
     registry = section(params, "datasets")
     if not isinstance(registry, Mapping):
         raise ConfigError("params.yaml: datasets: expected a mapping of dataset name -> registry entry")
-    for name in needed_datasets(params):
+    for name in build_order(needed_datasets(params), registry):
         if name not in registry:
             raise ConfigError(f"params.yaml: dataset {name!r} is not in the `datasets` registry "
                               f"(known: {sorted(registry)}); add an entry, e.g. `-S '+datasets.{name}.source=path' "
                               f"-S '+datasets.{name}.path=/your/folder'`")
         spec = registry[name]
-        if isinstance(spec, Mapping) and spec.get("source") == "synthetic":
+        if is_derived(spec):
+            validate_derived_spec(name, spec, registry)
+        elif isinstance(spec, Mapping) and spec.get("source") == "synthetic":
             knobs = {k: v for k, v in section(params, "synthetic").items() if k != "seed"}
             from_mapping(SyntheticConfig, knobs, "params.yaml: synthetic")
             seed = section(params, "synthetic.seed")
@@ -55,6 +59,7 @@ def check_params(params: Mapping[str, Any]) -> list[str]:
     for dataset, model in runs:
         cfg = experiment_config(params, model, dataset)
         check_model_params(cfg.model, cfg.model_params)
+        resolve_device(cfg.train.device)
     check_datasets(params)
     knn_k = section(params, "graphs.knn_k")
     if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
