@@ -106,5 +106,6 @@ def test_data_stage_checks_every_derived_entry_before_building_anything(tmp_path
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(stage_params))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"datasets\.bad\.corrupt\.image: expected a non-empty mapping"):
-        data_stage.main()
+        data_stage.run()
+    assert data_stage.main() == 1  # the same error, as one logged line
     assert not (tmp_path / "data").exists()
