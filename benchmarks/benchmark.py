@@ -10,7 +10,7 @@ Usage, from the project root:
   .venv/bin/python benchmarks/benchmark.py --stage-dir /tmp/bench-project --max-epochs 300
       # then, for one full early-stopped run by the pipeline's own train stage:
       # cd /tmp/bench-project && python -m pipeline.stages.train --model FREEDOMa --dataset benchmark \
-      #     --metrics train.json --checkpoint train.pt --curves curves
+      #     --record train.json --checkpoint train.pt --curves curves
 
 What it does:
   1. Generates a synthetic MMRec dataset with the project's generator (Baby-sized: 19,445 users,

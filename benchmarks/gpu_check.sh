@@ -46,7 +46,7 @@ out_abs=$(cd "$out" && pwd)
 "$py" benchmarks/benchmark.py --device "$device" --size "$size" --cache-dir "$cache" \
     --stage-dir "$stage_dir" --max-epochs 300 \
     && (cd "$stage_dir" && timeout 90 "$py" -m pipeline.stages.train --model FREEDOMa --dataset benchmark \
-        --metrics "$out_abs/train-FREEDOMa-$device.json" --checkpoint train.pt --curves curves) \
+        --record "$out_abs/train-FREEDOMa-$device.json" --checkpoint train.pt --curves curves) \
     2>&1 | tee "$out/train-FREEDOMa-$device.log"
 train_status=${PIPESTATUS[0]}
 rm -rf "$stage_dir"

@@ -69,7 +69,8 @@ def test_repro_trains_table_and_writes_summary(repo):
     for base in table["bases"]:
         for variant in table["variants"]:
             summary = json.loads((work / "metrics" / "synthetic" / f"{base}{variant}.json").read_text())
-            assert summary["seeds"] == table["seeds"] and 0.0 <= summary["test"]["recall@20"] <= 1.0
+            assert summary["seeds"] == len(table["seeds"]) and 0.0 <= summary["test"]["recall@20"] <= 1.0
+            assert set(summary) == {"test", "test_std", "valid", "best_epoch", "epochs_run", "seeds"}
             for seed in table["seeds"]:
                 run = Path("synthetic") / f"{base}{variant}" / f"seed{seed}.json"
                 metrics = json.loads((work / "metrics" / "table" / run).read_text())
@@ -80,7 +81,9 @@ def test_repro_trains_table_and_writes_summary(repo):
         assert (work / "metrics" / "figures" / f"robustness_synthetic_{base}.png").is_file()
         assert (work / "metrics" / "plots" / "robustness" / f"synthetic_{base}.csv").is_file()
         assert (work / "metrics" / "plots" / "curves" / f"synthetic_{base}.csv").is_file()
-    assert json.loads((work / "metrics" / "train.json").read_text())["model"] == params["model"]
+    assert json.loads((work / "metrics" / "train_full.json").read_text())["model"] == params["model"]
+    shown = dvc(repo, "metrics", "show")
+    assert len(shown.splitlines()) < 100 and "train.json" in shown and "summary.json" not in shown
     assert (work / "metrics" / "summary.json").is_file() and (work / "metrics" / "summary.md").is_file()
     assert (work / "dvc.lock").is_file()
     assert "didn't change" in dvc(repo, "status") or "up to date" in dvc(repo, "status")
@@ -93,7 +96,7 @@ def test_exp_run_reruns_only_the_selected_model_and_metrics_diff_shows_it(repo):
     out = dvc(repo, "exp", "run", "-S", "model=VBPRa")
     assert "Running stage 'train'" in out
     assert "Running stage 'table" not in out and "Running stage 'data'" not in out
-    assert json.loads((work / "metrics" / "train.json").read_text())["model"] == "VBPRa"
+    assert json.loads((work / "metrics" / "train_full.json").read_text())["model"] == "VBPRa"
     diff = dvc(repo, "metrics", "diff", "--json")
     assert "metrics/train.json" in json.loads(diff)
 

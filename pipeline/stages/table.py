@@ -3,7 +3,8 @@
 Params: table.seeds, train, eval, dvib, models.<base>. For each seed k of `table.seeds` it writes
 models/table/<dataset>/<model>/seed<k>.pt, metrics/table/<dataset>/<model>/seed<k>.json and the
 curves under metrics/curves/<dataset>/<model>/seed<k>; then metrics/<dataset>/<model>.json with
-the mean and standard deviation of every test metric over the seeds (what `dvc metrics diff` shows).
+the cell's headline numbers over the seeds (pipeline.seed_stats.headline: what `dvc metrics diff`
+shows; the report has every metric).
 Each seed's resumable state lives in models/resume/table/<dataset>/<model>/seed<k>.pt until the
 whole cell is done: a re-run after a kill resumes the interrupted seed and does not retrain the
 seeds that had finished.
@@ -18,8 +19,8 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.config import ConfigError, read_params, section
-from pipeline.seed_stats import mean_std
+from pipeline.config import read_params, table_config
+from pipeline.seed_stats import headline
 from pipeline.stages import train
 from pipeline.stages.common import run_stage, setup_logging
 
@@ -27,30 +28,9 @@ log = logging.getLogger("pipeline.stages.table")
 RESUME_DIR = Path("models/resume/table")
 
 
-def seed_summary(runs: list[dict]) -> dict:
-    """Mean and sample std over seeds of each test and validation metric, plus each run's outcome."""
-    first = runs[0]
-    stats = lambda split: {m: mean_std([r[split][m] for r in runs]) for m in first[split]}  # noqa: E731
-    test, valid = stats("test"), stats("valid")
-    return {
-        "model": first["model"],
-        "dataset": first["dataset"],
-        "seeds": [r["seed"] for r in runs],
-        "status": ",".join(sorted({r["status"] for r in runs})),
-        "best_epoch": mean_std([float(r["best_epoch"]) for r in runs])[0],
-        "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
-        "random_recall@20": first["random_recall@20"],
-        "test": {m: s[0] for m, s in test.items()},
-        "test_std": {m: s[1] for m, s in test.items()},
-        "valid": {m: s[0] for m, s in valid.items()},
-    }
-
-
 def run(model: str, dataset: str) -> dict:
-    """Train `model` on `dataset` once per seed of `table.seeds` and write the seed summary."""
-    seeds = section(read_params(), "table.seeds")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"params.yaml: table.seeds: expected a non-empty list of integers, got {seeds!r}")
+    """Train `model` on `dataset` once per seed of `table.seeds` and write the cell's headline metrics."""
+    seeds = table_config(read_params()).seeds
     runs = []
     for i, seed in enumerate(seeds, start=1):
         log.info("[%d/%d] %s on %s, seed %d", i, len(seeds), model, dataset, seed)
@@ -58,14 +38,14 @@ def run(model: str, dataset: str) -> dict:
             train.run(
                 model,
                 dataset,
-                metrics_path=Path("metrics/table") / dataset / model / f"seed{seed}.json",
+                record_path=Path("metrics/table") / dataset / model / f"seed{seed}.json",
                 checkpoint_path=Path("models/table") / dataset / model / f"seed{seed}.pt",
                 curves_dir=Path("metrics/curves") / dataset / model / f"seed{seed}",
                 resume_path=RESUME_DIR / dataset / model / f"seed{seed}.pt",
                 seed=seed,
             )
         )
-    summary = seed_summary(runs)
+    summary = headline(runs)
     write_json(Path("metrics") / dataset / f"{model}.json", summary)
     # The cell is complete: nothing is left to resume (the emptied folder stays: DVC persists it).
     cell_dir = RESUME_DIR / dataset / model

@@ -3,8 +3,11 @@
 Params: seed, train, eval, dvib, models.<base> (plus `model`/`dataset` for the single-run stage).
 `--seed` overrides params.yaml's `seed` (the table runs each combination over `table.seeds`).
 Usage: python -m pipeline.stages.train --model FREEDOMa --dataset synthetic [--seed 1000] \
-           --metrics metrics/train.json --checkpoint models/train.pt --curves metrics/curves/train \
-           [--resume models/resume/train/state.pt]
+           --record metrics/train_full.json [--metrics metrics/train.json] --checkpoint models/train.pt \
+           --curves metrics/curves/train [--resume models/resume/train/state.pt]
+
+--record gets the run's full record (every metric at every K, status, timings); --metrics the
+headline numbers DVC compares (pipeline.seed_stats.headline).
 
 The run saves its resumable state to the `--resume` file every `train.checkpoint_every` epochs; a
 re-run after a kill continues from it (docs/resume.md). A finished run leaves its outputs in that
@@ -31,6 +34,7 @@ from pipeline.graphs import load_graphs
 from pipeline.models import build_model
 from pipeline.resume import ResumeStore, run_key
 from pipeline.runtime import configure_runtime, resolve_device
+from pipeline.seed_stats import headline
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
 from pipeline.trainer import TrainResult, train
 
@@ -93,17 +97,21 @@ def train_with_curves(
         shutil.rmtree(live_dir, ignore_errors=True)
 
 
-def write_outputs(outputs: Mapping[str, Any], metrics_path: Path, checkpoint_path: Path, curves_dir: Path) -> None:
-    """Write a finished run's curves, checkpoint and metrics, each atomically."""
+def write_outputs(outputs: Mapping[str, Any], record_path: Path, checkpoint_path: Path, curves_dir: Path,
+                  metrics_path: Path | None) -> None:
+    """Write a finished run's curves, checkpoint, full record and (when asked) headline metrics, each atomically."""
     with staged_directory(curves_dir) as staged:
         write_curves(staged, outputs["curves"])
     save_torch(checkpoint_path, outputs["checkpoint"])
-    write_json(metrics_path, outputs["checkpoint"]["metrics"])
+    record = outputs["checkpoint"]["metrics"]
+    write_json(record_path, record)
+    if metrics_path is not None:
+        write_json(metrics_path, headline([record]))
 
 
 def run(
-    model: str, dataset: str, metrics_path: Path, checkpoint_path: Path, curves_dir: Path, resume_path: Path,
-    seed: int | None = None,
+    model: str, dataset: str, record_path: Path, checkpoint_path: Path, curves_dir: Path, resume_path: Path,
+    seed: int | None = None, metrics_path: Path | None = None,
 ) -> dict:
     """Train `model` on `dataset` with params.yaml's settings (seed overridable), resuming from
     `resume_path` when it holds this run's state; write every output atomically."""
@@ -117,7 +125,7 @@ def run(
     state = store.load()
     if state is not None and state["phase"] == "finished":
         log.info("%s on %s, seed %d: already finished, not retraining", model, dataset, cfg.seed)
-        write_outputs(state, metrics_path, checkpoint_path, curves_dir)
+        write_outputs(state, record_path, checkpoint_path, curves_dir, metrics_path)
         return state["checkpoint"]["metrics"]
 
     torch.manual_seed(cfg.seed)
@@ -147,7 +155,7 @@ def run(
     outputs = {"checkpoint": {"config": cfg.to_dict(), "state_dict": result.best_state, "metrics": metrics},
                "curves": curves}
     store.save({"phase": "finished", **outputs})
-    write_outputs(outputs, metrics_path, checkpoint_path, curves_dir)
+    write_outputs(outputs, record_path, checkpoint_path, curves_dir, metrics_path)
     log.info("%s on %s: %s at epoch %d, test recall@20 %.4f (random %.4f)", model, dataset, result.status,
              result.best_epoch, result.test.get("recall@20", float("nan")), metrics["random_recall@20"])
     return metrics
@@ -157,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--record", type=Path, required=True, help="the run's full record (JSON)")
+    parser.add_argument("--metrics", type=Path, default=None, help="headline metrics file (JSON), for DVC")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--curves", type=Path, required=True)
     parser.add_argument("--resume", type=Path, default=RESUME_FILE, help="file of the resumable training state")
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def body() -> None:
-        run(args.model, args.dataset, args.metrics, args.checkpoint, args.curves, args.resume, args.seed)
+        run(args.model, args.dataset, args.record, args.checkpoint, args.curves, args.resume, args.seed, args.metrics)
         ResumeStore(args.resume, key="").clear()  # a completed single run has nothing left to resume
 
     return run_stage(body, log)
