@@ -383,7 +383,7 @@ def test_dvc_repro_trains_on_an_amazon_dataset(raw, tmp_path):
         subprocess.run(cmd, cwd=work, env=env, check=True)
     proc = subprocess.run(["dvc", "repro", "train"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    metrics = json.loads((work / "metrics" / "train.json").read_text())
+    metrics = json.loads((work / "metrics" / "train_full.json").read_text())
     assert metrics["model"] == "VBPRc" and 0.0 <= metrics["test"]["recall@20"] <= 1.0
     data = load_mmrec(work / "data" / "datasets" / "office")
     assert data.text_features.shape[1] == 384 and data.image_features.shape[1] == IMAGE_DIM
