@@ -1,7 +1,8 @@
 """Stage `table@<dataset>-<base>-<variant>`: one cell of the full table, trained once per seed.
 
-Params: table.seeds, train, eval, dvib, models.<base>. For each seed k of `table.seeds` it writes
-models/table/<dataset>/<model>/seed<k>.pt, metrics/table/<dataset>/<model>/seed<k>.json and the
+Params: table.seeds, train, eval, dvib, models.<base>, with the cell's tuned point applied on top
+(metrics/tune/<dataset>/<model>.best.yaml, written by the tune stage). For each seed k of `table.seeds`
+it writes models/table/<dataset>/<model>/seed<k>.pt, metrics/table/<dataset>/<model>/seed<k>.json and the
 curves under metrics/curves/<dataset>/<model>/seed<k>; then metrics/<dataset>/<model>.json with
 the mean and standard deviation of every test metric over the seeds (what `dvc metrics diff` shows).
 Usage: python -m pipeline.stages.table --model FREEDOMa --dataset synthetic
@@ -18,6 +19,7 @@ from pipeline.config import ConfigError, read_params, section
 from pipeline.report import mean_std
 from pipeline.stages import train
 from pipeline.stages.common import run_stage, setup_logging
+from pipeline.tuning import apply_overrides, tuned_params
 
 log = logging.getLogger("pipeline.stages.table")
 
@@ -43,9 +45,13 @@ def seed_summary(runs: list[dict]) -> dict:
 
 def run(model: str, dataset: str) -> dict:
     """Train `model` on `dataset` once per seed of `table.seeds` and write the seed summary."""
-    seeds = section(read_params(), "table.seeds")
+    params = read_params()
+    seeds = section(params, "table.seeds")
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"params.yaml: table.seeds: expected a non-empty list of integers, got {seeds!r}")
+    tuned = tuned_params(dataset, model)
+    log.info("%s on %s at its tuned point %s", model, dataset, tuned)
+    params = apply_overrides(params, tuned)
     runs = []
     for seed in seeds:
         runs.append(
@@ -56,6 +62,7 @@ def run(model: str, dataset: str) -> dict:
                 checkpoint_path=Path("models/table") / dataset / model / f"seed{seed}.pt",
                 curves_dir=Path("metrics/curves") / dataset / model / f"seed{seed}",
                 seed=seed,
+                params=params,
             )
         )
     summary = seed_summary(runs)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -37,12 +38,14 @@ def random_ranking_recall(data: InteractionData, k: int) -> float:
 
 
 def run(
-    model: str, dataset: str, metrics_path: Path, checkpoint_path: Path, curves_dir: Path, seed: int | None = None
+    model: str, dataset: str, metrics_path: Path, checkpoint_path: Path, curves_dir: Path, seed: int | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Train `model` on `dataset` with params.yaml's settings (seed overridable); write every output atomically."""
+    """Train `model` on `dataset` with params.yaml's settings, or `params` when given (seed overridable);
+    write every output atomically."""
     from dvclive import Live  # imported here: it is slow to import and only needed by this stage
 
-    cfg = experiment_config(read_params(), model, dataset)
+    cfg = experiment_config(read_params() if params is None else params, model, dataset)
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
     configure_runtime(cfg.train.threads)

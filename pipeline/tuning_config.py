@@ -1,0 +1,96 @@
+"""Typed settings of the `tune` stage: params.yaml `tune` -> frozen dataclasses.
+
+`tune.grids.<dataset>.<model>` is one cell's grid: a mapping from a params path (dotted, e.g.
+`train.learning_rate`, `models.GRCN.reg_weight`, `dvib.noise_level`) to the list of values it takes.
+The other keys say where trials run (`address`, `num_cpus`, `resources_per_trial`, `storage`) and
+whether ASHA stops weak trials early (`scheduler`, `asha`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pipeline.config import ConfigError, from_mapping, section
+
+SCHEDULERS = (None, "asha")
+
+
+@dataclass(frozen=True)
+class AshaConfig:
+    """ASHA's rungs: every trial runs `grace_period` epochs; each rung keeps 1/`reduction_factor`."""
+
+    grace_period: int
+    reduction_factor: float
+
+    def validate(self, where: str) -> None:
+        if self.grace_period < 1 or self.reduction_factor <= 1:
+            raise ConfigError(f"{where}: expected grace_period >= 1 and reduction_factor > 1")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Where and how a cell's grid runs (not what it searches: see `cell_grid`)."""
+
+    address: str | None  # None: a local Ray started and stopped by the stage; else a cluster to join
+    num_cpus: int  # CPUs of the local Ray (0 = all of the machine's); ignored when joining a cluster
+    cpus_per_trial: float
+    gpus_per_trial: float | None  # None = auto: 1 when the cluster has GPUs, else 0
+    scheduler: str | None
+    asha: AshaConfig
+    storage: str  # Ray Tune's results folder (kept out of git); an interrupted cell resumes from it
+
+
+def tune_settings(params: Mapping[str, Any]) -> TuneSettings:
+    """Read and check params.yaml `tune` (everything but the grids)."""
+    tune = section(params, "tune")
+    where = "params.yaml: tune"
+    address = section(tune, "address", where)
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ConfigError(f"{where}.address: expected null, 'auto' or 'ray://host:port', got {address!r}")
+    num_cpus = section(tune, "num_cpus", where)
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 0:
+        raise ConfigError(f"{where}.num_cpus: expected an integer >= 0 (0 = all CPUs), got {num_cpus!r}")
+    resources = section(tune, "resources_per_trial", where)
+    if not isinstance(resources, Mapping) or set(resources) != {"cpu", "gpu"}:
+        raise ConfigError(f"{where}.resources_per_trial: expected a mapping with keys cpu and gpu, got {resources!r}")
+    cpu, gpu = resources["cpu"], resources["gpu"]
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0:
+        raise ConfigError(f"{where}.resources_per_trial.cpu: expected a number > 0, got {cpu!r}")
+    if gpu != "auto" and (isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0):
+        raise ConfigError(f"{where}.resources_per_trial.gpu: expected 'auto' or a number >= 0, got {gpu!r}")
+    scheduler = section(tune, "scheduler", where)
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"{where}.scheduler: expected null or 'asha', got {scheduler!r}")
+    storage = section(tune, "storage", where)
+    if not isinstance(storage, str) or not storage:
+        raise ConfigError(f"{where}.storage: expected a folder path, got {storage!r}")
+    return TuneSettings(
+        address=address,
+        num_cpus=num_cpus,
+        cpus_per_trial=float(cpu),
+        gpus_per_trial=None if gpu == "auto" else float(gpu),
+        scheduler=scheduler,
+        asha=from_mapping(AshaConfig, section(tune, "asha", where), f"{where}.asha"),
+        storage=storage,
+    )
+
+
+def cell_grid(params: Mapping[str, Any], dataset: str, model: str) -> dict[str, list]:
+    """The grid of one cell, `tune.grids.<dataset>.<model>`: {params path: non-empty list of values}."""
+    grids = section(params, "tune.grids")
+    if dataset not in grids:
+        raise ConfigError(f"params.yaml: tune.grids: no grids for dataset '{dataset}'; have {sorted(grids)}")
+    if model not in grids[dataset]:
+        raise ConfigError(
+            f"params.yaml: tune.grids.{dataset}: no grid for model '{model}'; have {sorted(grids[dataset])}"
+        )
+    grid = grids[dataset][model]
+    where = f"params.yaml: tune.grids.{dataset}.{model}"
+    if not isinstance(grid, Mapping) or not grid:
+        raise ConfigError(f"{where}: expected a mapping of params path -> list of values, got {grid!r}")
+    for path, values in grid.items():
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{where}: axis {path!r}: expected a dotted params path such as train.learning_rate")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{path}: expected a non-empty list of values, got {values!r}")
+    return {path: list(values) for path, values in grid.items()}
