@@ -51,6 +51,9 @@ def ray_session(settings: TuneSettings) -> Iterator[None]:
     Ray process of a local instance outlives the stage. An already-connected Ray (a caller's) is used
     as it is and left running.
     """
+    if settings.address is None:
+        # A local instance serves only this machine: keep Ray on loopback (read when ray is imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
