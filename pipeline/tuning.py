@@ -186,12 +186,6 @@ def select_best(trials: Sequence[Mapping], valid_metric: str) -> dict:
     return dict(max(ok, key=lambda t: t["valid"][valid_metric]))  # max keeps the first of equal values
 
 
-def selected_on_test(trials: Sequence[Mapping], metric: str) -> dict | None:
-    """The successful trial with the best test `metric`: the reference's protocol, for the report only."""
-    ok = [t for t in trials if t["status"] == "ok" and metric in t["test"]]
-    return dict(max(ok, key=lambda t: t["test"][metric])) if ok else None
-
-
 def experiment_key(spec: CellSpec, settings: TuneSettings, sources: Path) -> str:
     """A short hash of everything a trial's result depends on (params, points, scheduler, code).
 

@@ -8,6 +8,8 @@ metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Wri
 - metrics/figures/robustness_<dataset>_<base>.png  Recall@20 against noise level, base and variants;
 - metrics/plots/robustness_<dataset>_<base>.csv    the same curves for `dvc plots show/diff`
   (columns noise_level, then one per variant: base, DVIBc, DVIBa).
+It also reads metrics/tune/<dataset>/<model>.json (every tuning trial) for the selection section:
+our validation-selected trial against the test-selected one (the reference's protocol).
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from typing import Mapping, Sequence
 
 from pipeline.atomic import staged_directory, write_json, write_text
 from pipeline.config import ConfigError, read_params, section
-from pipeline.report import CURVE_METRIC, display_name, markdown_report, model_name, noise_curve, short_metric, summarise_dataset
+from pipeline.report import (
+    CURVE_METRIC, display_name, markdown_report, model_name, noise_curve, selection_section, selection_summary,
+    short_metric, summarise_dataset,
+)
 from pipeline.stages.common import setup_logging
 
 log = logging.getLogger("pipeline.stages.report")
@@ -117,8 +122,14 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
                 save_curve_figure(figure_dir / f"{stem}.png", summary, dataset, base, variants)
                 (plot_dir / f"{stem}.csv").write_text(curves_csv(summary, base, variants))
                 figures.setdefault(dataset, {})[base] = f"figures/{stem}.png"
+    selections = {dataset: {m: selection_summary(read_record(root / "tune" / dataset / f"{m}.json")) for m in models}
+                  for dataset in datasets}
+    for dataset, by_model in selections.items():
+        for model, selection in by_model.items():
+            summaries[dataset][model]["selection"] = selection
     write_json(root / "summary.json", summaries)
-    write_text(root / "summary.md", markdown_report(summaries, bases, variants, seeds, figures))
+    write_text(root / "summary.md",
+               markdown_report(summaries, bases, variants, seeds, figures) + "\n" + selection_section(selections))
     return summaries
 
 
