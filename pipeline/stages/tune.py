@@ -62,13 +62,15 @@ def ray_session(settings: TuneSettings) -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     # Workers import this checkout of the project: on a cluster it lies at the same path on every node.
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    runtime_env = {"env_vars": {"PYTHONPATH": python_path}}
     try:
         if settings.address is None:
+            # Local workers inherit the environment (a runtime_env would forgo Ray's prestarted workers).
+            os.environ["PYTHONPATH"] = python_path
             ray.init(address="local", num_cpus=settings.num_cpus or None, include_dashboard=False,
-                     runtime_env=runtime_env, log_to_driver=False)
+                     log_to_driver=False)
         else:
-            ray.init(address=settings.address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=settings.address, runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+                     log_to_driver=False)
         yield
     finally:
         ray.shutdown()
