@@ -4,6 +4,7 @@
   python benchmarks/tune_measure.py cells   --project /tmp/tune_bench      # the 15 default cells, wall time each
   python benchmarks/tune_measure.py speedup --project /tmp/tune_bench      # 8 trials of one cell: 1 vs 2 workers
   python benchmarks/tune_measure.py asha    --project /tmp/tune_bench      # ASHA against the exhaustive grid
+  python benchmarks/tune_measure.py standin --project /tmp/tune_baby --epochs 2   # baby's reference grids, stand-in data
 
 Each mode runs the real stage code (`pipeline.stages.tune.tune_cell`) in the project folder and
 writes a JSON next to it. Run from the repository root; the machine's load average is recorded.
@@ -118,9 +119,33 @@ def asha(params: dict, epochs: int, grace_period: int) -> dict:
     return out
 
 
+def standin(project: Path, params: dict, epochs: int, models: list[str]) -> dict:
+    """The reference grids of `baby` on a small stand-in folder (the synthetic generator's output)."""
+    from pipeline.dataset import load_mmrec
+    from pipeline.graphs import write_graphs
+    from pipeline.synthetic import write_synthetic
+    from pipeline.stages.tune import tune_cell
+
+    syn = dict(params["synthetic"]) | {"n_users": 200, "n_items": 150}
+    seed = syn.pop("seed")
+    data_dir = project / "data" / "datasets" / "baby"
+    write_synthetic(data_dir, from_mapping(SyntheticConfig, syn, "synthetic"), seed=seed)
+    write_graphs(project / "data" / "graphs" / "baby", load_mmrec(data_dir), params["graphs"]["knn_k"])
+    params = copy.deepcopy(params)
+    params["train"]["epochs"] = epochs
+    out = {}
+    for model in models:
+        start = time.perf_counter()
+        outcome = tune_cell(model, "baby", params)
+        out[model] = {"seconds": round(time.perf_counter() - start, 1), "trials": len(outcome["trials"]),
+                      "statuses": sorted({t["status"] for t in outcome["trials"]}), "best": outcome["best"]["params"]}
+        print(model, out[model], flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["prepare", "cells", "speedup", "asha"])
+    parser.add_argument("mode", choices=["prepare", "cells", "speedup", "asha", "standin"])
     parser.add_argument("--project", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=20, help="asha, speedup: the shortened epoch budget")
     parser.add_argument("--models", nargs="*", help="cells: only these cells")
@@ -133,7 +158,8 @@ def main() -> int:
         return 0
     os.chdir(args.project)
     result = {"cells": lambda: cells(params, args.models), "speedup": lambda: speedup(params, args.epochs),
-              "asha": lambda: asha(params, args.epochs, args.grace_period)}[args.mode]()
+              "asha": lambda: asha(params, args.epochs, args.grace_period),
+              "standin": lambda: standin(args.project, params, args.epochs, args.models or ["FREEDOM", "FREEDOMa"])}[args.mode]()
     (args.project / f"tune_{args.mode}{'_' + '_'.join(args.models) if args.models else ''}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -134,8 +135,6 @@ def error_message(error: BaseException) -> str:
     cause = error
     while getattr(cause, "cause", None) is not None and cause.cause is not cause:
         cause = cause.cause
-    if cause.__cause__ is not None and not isinstance(cause, (ValueError, RuntimeError, OSError)):
-        cause = cause.__cause__
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
 
@@ -187,7 +186,7 @@ def select_best(trials: Sequence[Mapping], valid_metric: str) -> dict:
 
 
 def experiment_key(spec: CellSpec, settings: TuneSettings, sources: Path) -> str:
-    """A short hash of everything a trial's result depends on (params, points, scheduler, code).
+    """A short hash of everything a trial's result depends on (params, points, scheduler, code, data files).
 
     An interrupted cell is resumed from Ray's saved experiment only when the key is the same.
     """
@@ -199,6 +198,10 @@ def experiment_key(spec: CellSpec, settings: TuneSettings, sources: Path) -> str
     for path in sorted(sources.rglob("*.py")):
         digest.update(path.relative_to(sources).as_posix().encode())
         digest.update(path.read_bytes())
+    for folder in (Path(spec.data_dir), Path(spec.graphs_dir)):  # data files by name, size and time
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -217,6 +220,7 @@ def run_grid(spec: CellSpec, settings: TuneSettings, valid_metric: str, experime
     """
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     resources = trial_resources(settings, ray.cluster_resources().get("GPU", 0.0))
@@ -239,8 +243,11 @@ def run_grid(spec: CellSpec, settings: TuneSettings, valid_metric: str, experime
             # Reused trial processes skip a fresh worker's imports (torch: seconds per trial).
             tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(name=experiment_dir.name, storage_path=str(experiment_dir.parent.resolve()),
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                      callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]),
         )
+    # Progress and results as CSV and JSON only: TensorBoard's writer rejects the '@' in metric names.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(results):
         # Tune's own Ctrl-C handler ends fit() early with the state saved: nothing may be selected.

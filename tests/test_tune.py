@@ -6,8 +6,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +159,52 @@ def test_failing_trials_are_reported_and_never_selected(project, local_ray):
     assert select_best(trials, METRIC)["params"] == points[0]
     with pytest.raises(AllTrialsFailed, match=r"(?s)2 trials failed.*Invalid learning rate.*consistency_weight"):
         select_best(trials[1:], METRIC)
+
+
+def test_a_saved_experiment_is_restored_with_its_finished_trials(project, four_points):
+    # The same experiment folder again (what a re-run after a kill finds): Tune restores, trains nothing.
+    assert _run(project, expand_grid(GRID), "four") == four_points
+
+
+def _ray_processes(marker: str) -> list[str]:
+    """Command lines of live processes that mention `marker` (a Ray temp folder)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text:
+            found.append(text)
+    return found
+
+
+def test_sigterm_stops_the_stage_and_its_ray_and_writes_nothing(project, tmp_path):
+    work = tmp_path / "stage"
+    work.mkdir()
+    (work / "data").symlink_to(project / "data")
+    params = _tiny_params()
+    params["train"]["epochs"] = 500
+    params["tune"]["grids"]["tiny"] = {"VBPR": GRID}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.tune", "--model", "VBPR", "--dataset", "tiny"],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(work.glob(".ray/tune/*/run_trial*/progress.csv")) and time.monotonic() < deadline:
+            time.sleep(0.5)  # until a trial has reported an epoch
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and not (work / "metrics").exists()
+    time.sleep(1)
+    assert _ray_processes(str(ray_tmp)) == []
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_a_second_ray_node_takes_trials_of_the_stage(project, monkeypatch, caplog):

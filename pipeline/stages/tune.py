@@ -59,7 +59,7 @@ def ray_session(settings: TuneSettings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.getsignal(signal.SIGTERM)
     # Workers import this checkout of the project: on a cluster it lies at the same path on every node.
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     try:
@@ -71,6 +71,7 @@ def ray_session(settings: TuneSettings) -> Iterator[None]:
         else:
             ray.init(address=settings.address, runtime_env={"env_vars": {"PYTHONPATH": python_path}},
                      log_to_driver=False)
+        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs a handler that aborts
         yield
     finally:
         ray.shutdown()
