@@ -2,8 +2,9 @@
 
 `tune.grids.<dataset>.<model>` is one cell's grid: a mapping from a params path (dotted, e.g.
 `train.learning_rate`, `models.GRCN.reg_weight`, `dvib.noise_level`) to the list of values it takes.
-The other keys say where trials run (`address`, `num_cpus`, `resources_per_trial`, `storage`) and
-whether ASHA stops weak trials early (`scheduler`, `asha`).
+`tune.max_epochs.<dataset>` optionally shortens the trials' epoch budget. The other keys say where
+trials run (`address`, `num_cpus`, `resources_per_trial`, `storage`) and whether ASHA stops weak
+trials early (`scheduler`, `asha`).
 """
 from __future__ import annotations
 
@@ -73,6 +74,19 @@ def tune_settings(params: Mapping[str, Any]) -> TuneSettings:
         asha=from_mapping(AshaConfig, section(tune, "asha", where), f"{where}.asha"),
         storage=storage,
     )
+
+
+def trial_epochs(params: Mapping[str, Any], dataset: str) -> int | None:
+    """`tune.max_epochs.<dataset>`: the trials' epoch budget, or None (= train.epochs) when not listed."""
+    budgets = section(params, "tune.max_epochs")
+    if budgets is None:
+        return None
+    if not isinstance(budgets, Mapping):
+        raise ConfigError(f"params.yaml: tune.max_epochs: expected a mapping dataset -> epochs, got {budgets!r}")
+    epochs = budgets.get(dataset)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"params.yaml: tune.max_epochs.{dataset}: expected an integer >= 1, got {epochs!r}")
+    return epochs
 
 
 def cell_grid(params: Mapping[str, Any], dataset: str, model: str) -> dict[str, list]:

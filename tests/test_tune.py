@@ -28,7 +28,7 @@ from pipeline.dataset import load_mmrec, write_mmrec  # noqa: E402
 from pipeline.graphs import write_graphs  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.graphs import load_graphs  # noqa: E402
-from pipeline.stages.tune import tune_cell  # noqa: E402
+from pipeline.stages.tune import cell_spec, tune_cell  # noqa: E402
 from pipeline.synthetic import write_synthetic  # noqa: E402
 from pipeline.trainer import configure_runtime, train  # noqa: E402
 from pipeline.tuning import (  # noqa: E402
@@ -110,6 +110,16 @@ def test_unknown_cell_and_bad_grid_are_clear_errors(project, monkeypatch):
     params["tune"]["grids"]["tiny"] = {"VBPR": {"train.lr": [0.1]}}
     with pytest.raises(ConfigError, match="grid axis 'train.lr'"):
         tune_cell("VBPR", "tiny", params)
+
+
+def test_trials_train_within_the_dataset_epoch_budget(project, monkeypatch):
+    monkeypatch.chdir(project)
+    params = _tiny_params()
+    params["tune"]["grids"]["tiny"] = {"VBPR": GRID}
+    for budgets, epochs in (({"tiny": 2}, 2), ({"tiny": 50}, 3), ({"synthetic": 2}, 3), (None, 3)):
+        params["tune"]["max_epochs"] = budgets
+        spec = cell_spec(params, "VBPR", "tiny", tune_settings(params))
+        assert spec.params["train"]["epochs"] == epochs and len(spec.points) == 4
 
 
 def test_four_point_grid_selects_the_validation_argmax(four_points):

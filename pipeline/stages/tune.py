@@ -1,7 +1,7 @@
 """Stage `tune@<dataset>-<base>-<variant>`: one cell's grid as Ray Tune trials, selected on validation.
 
 Params: seed, train, eval, dvib, models.<base> (what each trial trains), tune.grids.<dataset>.<model>
-(the grid), tune.scheduler and tune.asha; tune.address, num_cpus, resources_per_trial and storage
+(the grid), tune.max_epochs (the trials' epoch budget), tune.scheduler and tune.asha; tune.address, num_cpus, resources_per_trial and storage
 say only where trials run. Writes metrics/tune/<dataset>/<model>.json (every trial and the winner)
 and metrics/tune/<dataset>/<model>.best.yaml (the winning point, which the table trains at).
 Usage: python -m pipeline.stages.tune --model FREEDOMa --dataset synthetic
@@ -28,7 +28,7 @@ from pipeline.tuning import (
     AllTrialsFailed, CellSpec, apply_overrides, best_params_path, expand_grid, experiment_key, run_grid,
     select_best, tune_metrics_path,
 )
-from pipeline.tuning_config import TuneSettings, cell_grid, tune_settings
+from pipeline.tuning_config import TuneSettings, cell_grid, trial_epochs, tune_settings
 
 log = logging.getLogger("pipeline.stages.tune")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +84,9 @@ def cell_spec(params: dict, model: str, dataset: str, settings: TuneSettings) ->
     points = expand_grid(cell_grid(params, dataset, model))
     trial_params = {key: section(params, key) for key in TRIAL_PARAMS}
     trial_params["models"] = {base: section(params, f"models.{base}")}
+    epochs = trial_epochs(params, dataset)
+    if epochs is not None:  # a budget, never more than the table's own
+        trial_params["train"] = {**trial_params["train"], "epochs": min(epochs, trial_params["train"]["epochs"])}
     for point in points:
         apply_overrides(trial_params, point)  # an unknown path fails here, before Ray starts
     return CellSpec(
