@@ -84,7 +84,7 @@ class CellSpec:
 def run_trial(config: Mapping[str, Any], spec: CellSpec) -> None:
     """Ray Tune trainable: train `spec.model` at point `config["index"]`, reporting validation metrics per epoch.
 
-    The last report carries the best-validation epoch's validation and test metrics and `done`.
+    The last report carries the best-validation epoch's validation and test metrics and `final`.
     A training loss that becomes NaN or infinite fails the trial.
     """
     import ray
@@ -126,7 +126,7 @@ def run_trial(config: Mapping[str, Any], spec: CellSpec) -> None:
         "epochs_run": result.epochs_run,
         "seconds": result.train_seconds,
         "node": ray.get_runtime_context().get_node_id(),
-        "done": True,
+        "final": True,  # not Tune's own `done`, which it also sets on a trial the scheduler stopped
     })
 
 
@@ -155,7 +155,7 @@ def trial_record(point: Mapping[str, Any], metrics: Mapping[str, Any], history: 
               "epochs_run": None, "seconds": None, "error": None}
     if error is not None:
         record.update(status="failed", error=error_message(error))
-    elif metrics.get("done"):
+    elif metrics.get("final"):
         record.update(valid=_split_metrics(metrics, "valid/"), test=_split_metrics(metrics, "test/"),
                       best_epoch=int(metrics["best_epoch"]), epochs_run=int(metrics["epochs_run"]),
                       seconds=round(float(metrics["seconds"]), 3))
