@@ -234,7 +234,9 @@ def run_grid(spec: CellSpec, settings: TuneSettings, valid_metric: str, experime
         scheduler = None
         if settings.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="epoch", metric=f"valid/{valid_metric}", mode="max",
-                                      max_t=int(spec.params["train"]["epochs"]),
+                                      # past the last epoch: ASHA stops a trial that reaches max_t, which
+                                      # would cut off the final report (test metrics) of a finished trial
+                                      max_t=int(spec.params["train"]["epochs"]) + 1,
                                       grace_period=settings.asha.grace_period,
                                       reduction_factor=settings.asha.reduction_factor)
         tuner = tune.Tuner(

@@ -69,8 +69,9 @@ def local_ray():
     ray.shutdown()
 
 
-def _spec(project: Path, points, dataset="tiny") -> CellSpec:
+def _spec(project: Path, points, dataset="tiny", epochs=3) -> CellSpec:
     params = _tiny_params()
+    params["train"]["epochs"] = epochs
     trial_params = {k: params[k] for k in ("seed", "train", "eval", "dvib")} | {"models": {"VBPR": params["models"]["VBPR"]}}
     return CellSpec(model="VBPR", dataset="tiny", params=trial_params, points=tuple(points),
                     data_dir=str(project / "data" / "datasets" / dataset),
@@ -169,6 +170,18 @@ def test_failing_trials_are_reported_and_never_selected(project, local_ray):
     assert select_best(trials, METRIC)["params"] == points[0]
     with pytest.raises(AllTrialsFailed, match=r"(?s)2 trials failed.*Invalid learning rate.*consistency_weight"):
         select_best(trials[1:], METRIC)
+
+
+def test_asha_stops_weak_trials_which_are_recorded_and_never_selected(project, local_ray):
+    # Strong learning rates first: the weak ones then reach each rung below them and are stopped.
+    points = [{"train.learning_rate": lr} for lr in (0.05, 0.02, 0.00001, 0.000005)]
+    params = _tiny_params()
+    params["tune"].update(scheduler="asha", asha={"grace_period": 1, "reduction_factor": 2})
+    trials = run_grid(_spec(project, points, epochs=8), tune_settings(params), METRIC, project / ".ray" / "asha")
+    stopped = [t for t in trials if t["status"] == "stopped"]
+    assert stopped and all(t["test"] == {} and t["valid"] for t in stopped)
+    assert any(t["epochs_run"] < 8 for t in stopped)
+    assert select_best(trials, METRIC)["status"] == "ok" and select_best(trials, METRIC)["params"] in points[:2]
 
 
 def test_a_saved_experiment_is_restored_with_its_finished_trials(project, four_points):
