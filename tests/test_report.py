@@ -49,6 +49,21 @@ def write_tree(root: Path) -> None:
             curve.parent.mkdir(parents=True, exist_ok=True)
             epochs = range(3 if seed != 3 else 2)
             curve.write_text("step\trecall@20\n" + "".join(f"{e}\t{r20 * (e + 1) / 3}\n" for e in epochs))
+        write_tuning(root / "tune" / "ds" / f"{model}.json")
+
+
+def tuning_trial(reg: float, valid: float, test: float, status: str = "ok") -> dict:
+    """A trial record as the tune stage writes it (recall@20 and ndcg@20 only)."""
+    metrics = lambda r: {"recall@20": r, "ndcg@20": r / 2} if status == "ok" else {}  # noqa: E731
+    return {"params": {"models.M.reg_weight": reg}, "status": status, "valid": metrics(valid), "test": metrics(test),
+            "best_epoch": 3, "epochs_run": 5, "seconds": 1.0, "error": None if status == "ok" else "ValueError: x"}
+
+
+def write_tuning(path: Path) -> None:
+    """A cell's tuning record: validation picks reg 0.1 (test 0.20); the best test trial is reg 0.01 (0.26)."""
+    trials = [tuning_trial(0.1, 0.30, 0.20), tuning_trial(0.01, 0.25, 0.26), tuning_trial(1.0, 0, 0, "failed")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"trials": trials, "best": trials[0]}))
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +205,14 @@ def test_template_builder_inlines_in_load_order_and_refuses_unsafe_builds():
         render_template({**packages, "vega": ("1.0.0", "MIT", "s='</script>'")})
     with pytest.raises(ValueError, match="missing package"):
         render_template({"vega": packages["vega"]})
+
+
+def test_selection_section_shows_ours_against_the_test_selected_trial(report):
+    root, summary = report
+    selection = summary["ds"]["Mc"]["selection"]
+    assert selection["selected_on_valid"]["params"] == {"models.M.reg_weight": 0.1}
+    assert selection["selected_on_test"]["params"] == {"models.M.reg_weight": 0.01}
+    assert selection["gap"]["recall@20"] == pytest.approx(0.06) and (selection["trials"], selection["failed"]) == (3, 1)
+    text = (root / "summary.md").read_text()
+    assert "reference protocol (selected on test)" in text
+    assert "| Mc | 3 (1) | 0.2000 | 0.1000 | 0.2600 | 0.1300 | +0.0600 | +0.0300 | models.M.reg_weight=0.1 |" in text

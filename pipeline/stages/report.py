@@ -17,6 +17,8 @@ metrics/robustness/<dataset>/<model>/seed<k>.json (test-time perturbations). Wri
   derived`), the "trained on corrupted features" section: metrics/figures/corrupted_<clean>_<base>.png
   and metrics/plots/corrupted/<clean>_<base>.csv (level, dataset, variant, recall@20; level 0 = the
   clean dataset).
+It also reads metrics/tune/<dataset>/<model>.json (every tuning trial) for the selection section:
+our validation-selected trial against the test-selected one (the reference's protocol).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from pipeline.config import read_params, section, table_config
 from pipeline.derived import lineage as dataset_lineage
 from pipeline.report import (
     CURVE_METRIC, NO_FEATURES_MARK, NO_FEATURES_NOTE, corruption_curve, corruption_groups, corruption_markdown,
-    display_name, markdown_report, model_name, noise_curve, short_metric, summarise_dataset, variant_label,
+    display_name, markdown_report, model_name, noise_curve, selection_section, selection_summary, short_metric,
+    summarise_dataset, variant_label,
 )
 from pipeline.stages.common import run_stage, setup_logging
 
@@ -180,8 +183,13 @@ def build_report(root: Path, datasets: list[str], bases: list[str], variants: li
                 corruption_frame(summaries, [clean, *derived], base, variants).to_csv(
                     plot_dir / "corrupted" / f"{stem}.csv", index=False, float_format="%.6g")
                 corruption_figures.setdefault(clean, {})[base] = f"figures/corrupted_{stem}.png"
+    selections = {dataset: {m: selection_summary(read_record(root / "tune" / dataset / f"{m}.json")) for m in models}
+                  for dataset in datasets}
+    for dataset, by_model in selections.items():
+        for model, selection in by_model.items():
+            summaries[dataset][model]["selection"] = selection
     write_json(root / "summary.json", summaries)
-    markdown = markdown_report(summaries, bases, variants, seeds, figures)
+    markdown = markdown_report(summaries, bases, variants, seeds, figures) + "\n" + selection_section(selections)
     corrupted = corruption_markdown(summaries, lineage, bases, variants, corruption_figures)
     write_text(root / "summary.md", f"{markdown}\n{corrupted}" if corrupted else markdown)
     return summaries

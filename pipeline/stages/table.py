@@ -1,7 +1,8 @@
 """Stage `table@<dataset>-<base>-<variant>`: one cell of the full table, trained once per seed.
 
-Params: table.seeds, train, eval, dvib, models.<base>. For each seed k of `table.seeds` it writes
-models/table/<dataset>/<model>/seed<k>.pt, metrics/table/<dataset>/<model>/seed<k>.json and the
+Params: table.seeds, train, eval, dvib, models.<base>, with the cell's tuned point applied on top
+(metrics/tune/<dataset>/<model>.best.yaml, written by the tune stage). For each seed k of `table.seeds`
+it writes models/table/<dataset>/<model>/seed<k>.pt, metrics/table/<dataset>/<model>/seed<k>.json and the
 curves under metrics/curves/<dataset>/<model>/seed<k>; then metrics/<dataset>/<model>.json with
 the cell's headline numbers over the seeds (pipeline.seed_stats.headline: what `dvc metrics diff`
 shows; the report has every metric).
@@ -23,14 +24,20 @@ from pipeline.config import read_params, table_config
 from pipeline.seed_stats import headline
 from pipeline.stages import train
 from pipeline.stages.common import run_stage, setup_logging
+from pipeline.tuning_config import apply_overrides, tuned_params
 
 log = logging.getLogger("pipeline.stages.table")
 RESUME_DIR = Path("models/resume/table")
 
 
 def run(model: str, dataset: str) -> dict:
-    """Train `model` on `dataset` once per seed of `table.seeds` and write the cell's headline metrics."""
-    seeds = table_config(read_params()).seeds
+    """Train `model` on `dataset` at its tuned point once per seed of `table.seeds` and write the cell's
+    headline metrics."""
+    params = read_params()
+    seeds = table_config(params).seeds
+    tuned = tuned_params(dataset, model)
+    log.info("%s on %s at its tuned point %s", model, dataset, tuned)
+    params = apply_overrides(params, tuned)
     runs = []
     for i, seed in enumerate(seeds, start=1):
         log.info("[%d/%d] %s on %s, seed %d", i, len(seeds), model, dataset, seed)
@@ -43,6 +50,7 @@ def run(model: str, dataset: str) -> dict:
                 curves_dir=Path("metrics/curves") / dataset / model / f"seed{seed}",
                 resume_path=RESUME_DIR / dataset / model / f"seed{seed}.pt",
                 seed=seed,
+                params=params,
             )
         )
     summary = headline(runs)

@@ -111,11 +111,11 @@ def write_outputs(outputs: Mapping[str, Any], record_path: Path, checkpoint_path
 
 def run(
     model: str, dataset: str, record_path: Path, checkpoint_path: Path, curves_dir: Path, resume_path: Path,
-    seed: int | None = None, metrics_path: Path | None = None,
+    seed: int | None = None, metrics_path: Path | None = None, params: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Train `model` on `dataset` with params.yaml's settings (seed overridable), resuming from
-    `resume_path` when it holds this run's state; write every output atomically."""
-    cfg = experiment_config(read_params(), model, dataset)
+    """Train `model` on `dataset` with params.yaml's settings, or `params` when given (seed overridable),
+    resuming from `resume_path` when it holds this run's state; write every output atomically."""
+    cfg = experiment_config(read_params() if params is None else params, model, dataset)
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
     configure_runtime(cfg.train.threads)

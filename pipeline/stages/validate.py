@@ -22,11 +22,12 @@ from pipeline.robustness import conditions_from_params
 from pipeline.runtime import resolve_device
 from pipeline.sources.registry import resolve_source
 from pipeline.stages.common import needed_datasets, run_stage, setup_logging
+from pipeline.tuning_config import apply_overrides, cell_grid, expand_grid, trial_epochs, tune_settings
 
 log = logging.getLogger("pipeline.stages.validate")
 OUTPUT = Path("data/validated.json")
 CHECKED = ("model", "dataset", "seed", "datasets", "synthetic", "graphs", "train", "eval", "dvib", "models",
-           "table", "robustness")
+           "table", "robustness", "tune")
 
 
 def check_datasets(params: Mapping[str, Any]) -> None:
@@ -52,6 +53,16 @@ def check_datasets(params: Mapping[str, Any]) -> None:
             resolve_source(name, spec)
 
 
+def check_tuning(params: Mapping[str, Any], cells: list[tuple[str, str]]) -> None:
+    """The Ray settings, and every table cell's grid: each point must override existing keys with valid values."""
+    tune_settings(params)
+    for dataset, model in cells:
+        trial_epochs(params, dataset)
+        for point in expand_grid(cell_grid(params, dataset, model)):
+            cfg = experiment_config(apply_overrides(params, point), model, dataset)
+            check_model_params(cfg.model, cfg.model_params)
+
+
 def check_params(params: Mapping[str, Any]) -> list[str]:
     """Validate every section a `dvc repro` reads; return the names of the sections checked."""
     table = table_config(params)
@@ -65,6 +76,7 @@ def check_params(params: Mapping[str, Any]) -> list[str]:
     if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
         raise ConfigError(f"params.yaml: graphs.knn_k: expected an integer >= 1, got {knn_k!r}")
     conditions_from_params(section(params, "robustness"))
+    check_tuning(params, table.cells())
     return list(CHECKED)
 
 
