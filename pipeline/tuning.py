@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pipeline.errors import UserError
 from pipeline.tuning_config import TuneSettings, apply_overrides
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "failed", "stopped")
 
 
-class AllTrialsFailed(RuntimeError):
+class AllTrialsFailed(UserError, RuntimeError):
     """Every trial of a cell failed: nothing can be selected."""
 
 

@@ -118,6 +118,7 @@ def test_a_bad_parameter_fails_first_and_deletes_nothing(repo):
     assert "train.batch_size: expected a value >= 1, got 0" in proc.stdout + proc.stderr
     assert "Running stage 'validate'" in proc.stdout and "Running stage 'train'" not in proc.stdout
     assert {name: tree_digest(work / name) for name in ("metrics", "models")} == before
+    assert json.loads(dvc(repo, "status", "--json")) == {}  # with params.yaml restored, nothing is stale
 
 
 # One file per layer: config, data, models, training, stages.

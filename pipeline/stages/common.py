@@ -1,6 +1,7 @@
 """Helpers shared by the stage scripts."""
 from __future__ import annotations
 
+import argparse
 import logging
 from typing import Callable
 
@@ -31,3 +32,15 @@ def run_stage(body: Callable[[], object], log: logging.Logger) -> int:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def run_cell_stage(body: Callable[[str, str], object], log: logging.Logger, doc: str,
+                   argv: list[str] | None = None) -> int:
+    """Entry point of a stage over one table cell: parse `--model` and `--dataset`, then run
+    `body(model, dataset)` through run_stage."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", required=True)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_stage(lambda: body(args.model, args.dataset), log)

@@ -13,7 +13,6 @@ Usage: python -m pipeline.stages.table --model FREEDOMa --dataset synthetic
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -23,7 +22,7 @@ from pipeline.atomic import write_json
 from pipeline.config import read_params, table_config
 from pipeline.seed_stats import headline
 from pipeline.stages import train
-from pipeline.stages.common import run_stage, setup_logging
+from pipeline.stages.common import run_cell_stage
 from pipeline.tuning_config import apply_overrides, tuned_params
 
 log = logging.getLogger("pipeline.stages.table")
@@ -63,12 +62,7 @@ def run(model: str, dataset: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run_stage(lambda: run(args.model, args.dataset), log)
+    return run_cell_stage(run, log, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Usage: python -m pipeline.stages.tune --model FREEDOMa --dataset synthetic
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -23,7 +22,7 @@ import yaml
 from pipeline.atomic import write_json, write_text
 from pipeline.config import read_params, section
 from pipeline.model_names import parse_model_name
-from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
+from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_cell_stage
 from pipeline.tuning import AllTrialsFailed, CellSpec, experiment_key, run_grid, select_best
 from pipeline.tuning_config import (
     TuneSettings, apply_overrides, best_params_path, cell_grid, expand_grid, trial_epochs, tune_metrics_path,
@@ -126,16 +125,8 @@ def tune_cell(model: str, dataset: str, params: dict | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    args = parser.parse_args(argv)
-    setup_logging()
     try:
-        return run_stage(lambda: tune_cell(args.model, args.dataset), log)
-    except AllTrialsFailed as exc:
-        log.error("%s", exc)
-        return 1
+        return run_cell_stage(tune_cell, log, __doc__, argv)
     except KeyboardInterrupt as exc:
         log.error("interrupted (%s): Ray stopped, no output written; re-run to resume the finished trials", exc)
         return 130
