@@ -275,6 +275,11 @@ def corruption_markdown(summaries: Mapping[str, Mapping], lineage: Mapping[str, 
             lines += [f"Test {short_metric(metric)}:", "", *table, ""]
         for base, path in figures.get(clean, {}).items():
             lines += [f"![{base} trained on corrupted {clean}: {short_metric(CURVE_METRIC)} against level]({path})", ""]
+    return "\n".join(lines)
+
+
+# --- selection on validation against selection on test -----------------------------------------------
+
 SELECTION_METRICS = ("recall@20", "ndcg@20")
 REFERENCE_SELECTION_LABEL = "reference protocol (selected on test)"
 

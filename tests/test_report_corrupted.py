@@ -10,6 +10,8 @@ import pytest
 
 from pipeline.report import corruption_groups
 from pipeline.seed_stats import mean_std
+
+from test_report import write_tuning
 from pipeline.stages.report import build_report
 
 SEEDS = [1, 2]
@@ -46,6 +48,7 @@ def metrics(tmp_path_factory) -> Path:
                 curve = root / "curves" / dataset / model / f"seed{seed}" / "plots/metrics/valid/recall@20.tsv"
                 curve.parent.mkdir(parents=True, exist_ok=True)
                 curve.write_text(f"step\trecall@20\n0\t{r20 * kept[model]}\n")
+            write_tuning(root / "tune" / dataset / f"{model}.json")
     build_report(root, list(KEPT), ["M"], ["", "c", "a"], SEEDS, LINEAGE)
     return root
 
