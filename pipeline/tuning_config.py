@@ -101,7 +101,8 @@ def cell_grid(params: Mapping[str, Any], dataset: str, model: str) -> dict[str, 
     """The grid of one cell, `tune.grids.<dataset>.<model>`: {params path: non-empty list of values}."""
     grids = section(params, "tune.grids")
     if dataset not in grids:
-        raise ConfigError(f"params.yaml: tune.grids: no grids for dataset '{dataset}'; have {sorted(grids)}")
+        raise ConfigError(f"params.yaml: tune.grids: no grids for dataset '{dataset}' (every dataset of table.datasets "
+                          f"needs one; e.g. `{dataset}: *reference` for the reference grids); have {sorted(grids)}")
     if model not in grids[dataset]:
         raise ConfigError(
             f"params.yaml: tune.grids.{dataset}: no grid for model '{model}'; have {sorted(grids[dataset])}"

@@ -369,6 +369,7 @@ def test_dvc_repro_trains_on_an_amazon_dataset(raw, tmp_path):
     params["datasets"]["office"] = _spec(raw, reviews=str(raw["reviews_2018"]), device="auto")
     params["dataset"], params["model"] = "office", "VBPRc"
     params["table"]["datasets"] = ["office"]
+    params["tune"]["grids"]["office"] = params["tune"]["grids"]["synthetic"]  # every table dataset needs grids
     params["train"].update(epochs=2, batch_size=256, threads=1, device="cpu")
     params["graphs"]["knn_k"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
