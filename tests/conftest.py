@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,20 @@ def make_batch(data, size=96, seed=0) -> Batch:
     users = torch.as_tensor(data.train.users)[rows]
     negatives = NegativeSampler(data.train, data.n_items, "cpu").sample(users, g)
     return Batch(users, torch.as_tensor(data.train.items)[rows], negatives)
+
+
+PROJECT_FILES = (
+    "pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore", "pyproject.toml",
+    "data/checksums.json",
+)
+
+
+def copy_project(work: Path) -> None:
+    """Copy the project's code and DVC files into `work` (a temporary DVC project for a test)."""
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, work / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)

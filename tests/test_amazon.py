@@ -25,6 +25,8 @@ from pipeline.dataset import DatasetError, load_mmrec
 from pipeline.sources.registry import resolve_source
 from pipeline.text_encoder import load_text_model
 
+from conftest import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, K = 24, 12, 5
 
@@ -358,13 +360,7 @@ def test_image_reader_rejects_a_file_of_another_category(tmp_path):
 
 def test_dvc_repro_trains_on_an_amazon_dataset(raw, tmp_path):
     work = tmp_path / "project"
-    for name in ("pipeline", "dvc.yaml", ".dvc/config", ".gitignore", "data/checksums.json"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / name)
+    copy_project(work)  # params.yaml is replaced below
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"]["office"] = _spec(raw, reviews=str(raw["reviews_2018"]), device="auto")
     params["dataset"], params["model"] = "office", "VBPRc"

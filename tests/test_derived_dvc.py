@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline_dvc import PROJECT_FILES, ROOT, dvc
+from conftest import copy_project
+from tests.test_pipeline_dvc import ROOT, dvc
 
 DERIVED = "synthetic_img50"
 
@@ -41,11 +41,7 @@ def _environment(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     work = tmp_path_factory.mktemp("dvc_derived")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        copy = shutil.copytree if src.is_dir() else shutil.copy2
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        copy(src, work / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    copy_project(work)
     (work / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))
     env = _environment(tmp_path_factory)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):

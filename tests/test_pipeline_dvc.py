@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = (
-    "pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore", "pyproject.toml",
-    "data/checksums.json",
-)
 
 
 def _tiny_params(params: dict) -> dict:
@@ -30,13 +27,7 @@ def _tiny_params(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("dvc_project")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / name)
+    copy_project(work)
     params = _tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     home = tmp_path_factory.mktemp("home")

@@ -28,6 +28,8 @@ from pipeline.resume import ResumeStateError, ResumeStore, run_key
 from pipeline.stages import train as train_stage
 from pipeline.trainer import train
 
+from conftest import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 TRAIN_ARGS = ("--dataset", "synthetic", "--record", "metrics/train_full.json", "--metrics", "metrics/train.json",
@@ -272,14 +274,7 @@ def test_run_key_follows_config_and_data(tmp_path, make_config, tiny_dir):
 
 def test_dvc_repro_killed_mid_run_resumes_and_ends_clean(tmp_path):
     work = tmp_path / "repo"
-    for name in ("pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".gitignore", "pyproject.toml",
-                 "data/checksums.json"):
-        src, dst = ROOT / name, work / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
+    copy_project(work)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["synthetic"].update(n_users=60, n_items=80, latent_dim=8, image_dim=48, text_dim=24, mean_interactions=10.0)
     params["train"].update(epochs=80, stopping_step=80, batch_size=256, threads=1, device="cpu")

@@ -35,7 +35,7 @@ from pipeline.trainer import train  # noqa: E402
 from pipeline.tuning import AllTrialsFailed, CellSpec, run_grid, select_best  # noqa: E402
 from pipeline.tuning_config import apply_overrides, expand_grid, tune_settings, tuned_params  # noqa: E402
 
-from conftest import TINY  # noqa: E402
+from conftest import TINY, copy_project  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "recall@20"
@@ -256,11 +256,6 @@ def test_a_second_ray_node_takes_trials_of_the_stage(project, monkeypatch, caplo
 
 # ---- DVC integration: tune, then the table at the tuned point; one cell's grid change re-runs one cell ----
 
-PROJECT_FILES = (
-    "pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".gitignore", "pyproject.toml", "data/checksums.json",
-)
-
-
 def _dvc(work: Path, env: dict, *args) -> str:
     proc = subprocess.run(["dvc", *args], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -270,13 +265,7 @@ def _dvc(work: Path, env: dict, *args) -> str:
 def test_dvc_repro_tunes_then_trains_the_table_and_reruns_only_a_changed_cell(tmp_path):
     ray.shutdown()
     work = tmp_path / "repo"
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / name)
+    copy_project(work)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthetic"].update(n_users=60, n_items=80, latent_dim=8, image_dim=48, text_dim=24, mean_interactions=10.0)
     params["train"].update(epochs=2, batch_size=256, threads=1, device="cpu")
