@@ -206,7 +206,9 @@ def test_sigterm_stops_the_stage_and_its_ray_and_writes_nothing(project, tmp_pat
     work.mkdir()
     (work / "data").symlink_to(project / "data")
     params = _tiny_params()
-    params["train"]["epochs"] = 500
+    # Trials that cannot end by themselves (no epoch limit in reach, no early stop), so the signal
+    # always finds them training.
+    params["train"].update(epochs=1_000_000, stopping_step=1_000_000)
     params["tune"]["grids"]["tiny"] = {"VBPR": GRID}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Callable
+import signal
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from pipeline.config import section
 from pipeline.errors import UserError
@@ -23,14 +25,47 @@ def needed_datasets(params) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+class StageInterrupted(KeyboardInterrupt):
+    """SIGTERM received (DVC, a scheduler or a preemption stopping the stage)."""
+
+
+def interrupt_on_sigterm(signum, _frame) -> None:
+    """SIGTERM handler: raise StageInterrupted, so that `finally` blocks and atomic writes clean up."""
+    raise StageInterrupted(f"received signal {signum}")
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back for the body (several outputs written as one step); a signal that
+    arrives meanwhile is raised again, to the stage's own handlers, when the body ends."""
+    held: list[int] = []
+    # Handlers, not a signal mask: a mask is per thread, and Ray and torch run threads of their own.
+    previous = {signum: signal.signal(signum, lambda received, _frame: held.append(received))
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
 def run_stage(body: Callable[[], object], log: logging.Logger) -> int:
     """Run a stage body; a user error (bad params, data or environment) or a missing input becomes one
-    logged line and exit 1. Anything else is a bug and keeps its traceback."""
+    logged line and exit 1, Ctrl-C or SIGTERM exit 130. Anything else is a bug and keeps its traceback.
+    Outputs are written atomically, so an interrupted stage leaves each one as it was or complete."""
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         body()
     except (UserError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
+    except KeyboardInterrupt as exc:
+        log.error("interrupted (%s): no output half-written; re-run to go on from what was finished", exc)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

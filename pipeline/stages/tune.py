@@ -22,7 +22,9 @@ import yaml
 from pipeline.atomic import write_json, write_text
 from pipeline.config import read_params, section
 from pipeline.model_names import parse_model_name
-from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_cell_stage
+from pipeline.stages.common import (
+    DATASETS_DIR, GRAPHS_DIR, interrupt_on_sigterm, run_cell_stage, signals_deferred,
+)
 from pipeline.tuning import AllTrialsFailed, CellSpec, experiment_key, run_grid, select_best
 from pipeline.tuning_config import (
     TuneSettings, apply_overrides, best_params_path, cell_grid, expand_grid, trial_epochs, tune_metrics_path,
@@ -32,14 +34,6 @@ from pipeline.tuning_config import (
 log = logging.getLogger("pipeline.stages.tune")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRIAL_PARAMS = ("seed", "train", "eval", "dvib")
-
-
-class StageInterrupted(KeyboardInterrupt):
-    """SIGTERM received: stop the trials, shut Ray down, write nothing."""
-
-
-def _interrupt(signum, _frame) -> None:
-    raise StageInterrupted(f"received signal {signum}")
 
 
 @contextmanager
@@ -70,7 +64,7 @@ def ray_session(settings: TuneSettings) -> Iterator[None]:
         else:
             ray.init(address=settings.address, runtime_env={"env_vars": {"PYTHONPATH": python_path}},
                      log_to_driver=False)
-        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs a handler that aborts
+        signal.signal(signal.SIGTERM, interrupt_on_sigterm)  # after ray.init, which installs a handler that aborts
         yield
     finally:
         ray.shutdown()
@@ -114,10 +108,11 @@ def tune_cell(model: str, dataset: str, params: dict | None = None) -> dict:
     except AllTrialsFailed as exc:
         raise AllTrialsFailed(f"tune {model} on {dataset}: {exc}") from None
     outcome = {"trials": trials, "best": best}
-    write_json(tune_metrics_path(dataset, model), outcome)
-    write_text(best_params_path(dataset, model),
-               f"# winning point of tune.grids.{dataset}.{model} (selected on validation {valid_metric})\n"
-               + yaml.safe_dump(best["params"], sort_keys=False))
+    with signals_deferred():  # the record and the winning point are written together or not at all
+        write_json(tune_metrics_path(dataset, model), outcome)
+        write_text(best_params_path(dataset, model),
+                   f"# winning point of tune.grids.{dataset}.{model} (selected on validation {valid_metric})\n"
+                   + yaml.safe_dump(best["params"], sort_keys=False))
     shutil.rmtree(experiment_dir, ignore_errors=True)  # kept only to resume an interrupted run
     log.info("%s on %s: best %s, valid %s %.4f", model, dataset, best["params"], valid_metric,
              best["valid"][valid_metric])
@@ -125,11 +120,7 @@ def tune_cell(model: str, dataset: str, params: dict | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run_cell_stage(tune_cell, log, __doc__, argv)
-    except KeyboardInterrupt as exc:
-        log.error("interrupted (%s): Ray stopped, no output written; re-run to resume the finished trials", exc)
-        return 130
+    return run_cell_stage(tune_cell, log, __doc__, argv)
 
 
 if __name__ == "__main__":
