@@ -20,6 +20,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_hardware(device: torch.device) -> dict[str, object]:
+    """What computed a result: the device's model name, torch's version and the CPU threads in use.
+
+    Floating-point sums differ in their last digits across CPU and GPU models, so a metric that
+    moves between two machines, same code and data, is read against this record.
+    """
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()
+    # str(): torch.__version__ is a str subclass that weights-only loading of the resume state rejects
+    return {"device_name": name, "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows of it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 

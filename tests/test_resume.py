@@ -25,6 +25,7 @@ import pipeline.atomic
 from pipeline.graphs import write_graphs
 from pipeline.models import build_model
 from pipeline.resume import ResumeStateError, ResumeStore, run_key
+from pipeline.runtime import cpu_model_name
 from pipeline.stages import train as train_stage
 from pipeline.trainer import train
 
@@ -174,6 +175,14 @@ def uninterrupted(project):
         return cache[model]
 
     return get
+
+
+def test_the_record_names_what_computed_it(project, uninterrupted):
+    uninterrupted("VBPRa")
+    record = json.loads((project / "uninterrupted" / "VBPRa" / "train.json").read_text())
+    # train.threads is 1 in these params; the CPU's name is what this machine reports
+    assert record["hardware"] == {"device_name": cpu_model_name(), "torch": torch.__version__, "threads": 1}
+    assert record["device"] == "cpu" and record["hardware"]["device_name"]
 
 
 # FREEDOM resamples its graph every epoch; VBPRa is a DVIB a-variant. FREEDOM is killed half-way

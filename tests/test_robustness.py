@@ -19,6 +19,7 @@ from pipeline.robustness import (
     evaluate_conditions,
     remove_modality,
 )
+from pipeline.runtime import cpu_model_name
 from pipeline.stages import robustness as stage
 from pipeline.trainer import train
 
@@ -101,6 +102,7 @@ def test_noise_level_zero_reproduces_the_checkpoint_test_metrics(base, variant, 
     record = stage.evaluate_checkpoint(checkpoint, tiny_data, tiny_graphs, params["robustness"], "cpu")
     assert record["conditions"]["noise@0"] == checkpoint["metrics"]["test"]
     assert record["clean_matches_checkpoint"] is True
+    assert record["hardware"]["device_name"] == cpu_model_name()
     assert list(record["conditions"]) == [c.name for c in conditions_from_params(params["robustness"])]
 
 

@@ -32,7 +32,7 @@ from pipeline.models import build_model
 from pipeline.models.dvib import DVIB
 from pipeline.robustness import conditions_from_params, evaluate_conditions, scores_respond_to_features
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
-from pipeline.runtime import configure_runtime, resolve_device
+from pipeline.runtime import configure_runtime, describe_hardware, resolve_device
 
 log = logging.getLogger("pipeline.stages.robustness")
 SENSITIVITY_USERS = 256  # test users whose scores decide whether the features reach the ranking
@@ -86,6 +86,7 @@ def evaluate_checkpoint(
         "dataset": cfg.dataset,
         "seed": cfg.seed,
         "device": torch.device(device).type,
+        "hardware": describe_hardware(torch.device(device)),
         "perturbation_seed": int(robustness["seed"]),
         "model_overrides": dict(overrides.get(parse_model_name(cfg.model)[0]) or {}),
         "scores_respond_to_features": responds,

@@ -33,7 +33,7 @@ from pipeline.dataset import InteractionData, load_mmrec
 from pipeline.graphs import load_graphs
 from pipeline.models import build_model
 from pipeline.resume import ResumeStore, run_key
-from pipeline.runtime import configure_runtime, resolve_device
+from pipeline.runtime import configure_runtime, describe_hardware, resolve_device
 from pipeline.seed_stats import headline
 from pipeline.stages.common import DATASETS_DIR, GRAPHS_DIR, run_stage, setup_logging
 from pipeline.trainer import TrainResult, train
@@ -148,6 +148,7 @@ def run(
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.train_seconds, 3),
         "device": device.type,
+        "hardware": describe_hardware(device),
         "random_recall@20": random_ranking_recall(data, 20),
         "valid": result.valid,
         "test": result.test,
