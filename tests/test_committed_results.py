@@ -3,13 +3,14 @@ copied by hand after the run that locked it (a stale or foreign result passed of
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc_data.hashfile.tree import Tree
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACKED = "metrics/"  # outputs under it are committed to git; the rest live in DVC's cache
@@ -20,15 +21,14 @@ def file_md5(path: Path) -> str:
 
 
 def dir_md5(folder: Path) -> str:
-    """DVC's hash of a folder (`hash: md5`): the md5 of the JSON list of its files' md5 and relative
-    path, sorted by path, with a `.dir` suffix."""
-    entries = sorted(
-        ({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()} for p in folder.rglob("*") if p.is_file()),
-        key=lambda entry: entry["relpath"],
-    )
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+    """DVC's hash of a folder (`hash: md5`), computed by DVC's own tree object from its files' md5."""
+    tree = Tree.from_list([{"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
+                           for p in folder.rglob("*") if p.is_file()])
+    tree.digest()
+    return tree.hash_info.value
 
 
+@functools.cache
 def locked_outputs() -> list[tuple[str, str, dict]]:
     """(stage, path, lock entry) of every output dvc.lock records under metrics/."""
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
@@ -55,7 +55,7 @@ def test_a_changed_byte_in_a_locked_folder_is_caught(tmp_path):
     stage, path, entry = next(o for o in locked_outputs() if (ROOT / o[1]).is_dir())
     copy = tmp_path / "copy"
     shutil.copytree(ROOT / path, copy)
-    assert dir_md5(copy) == entry["md5"]  # the hash above is DVC's own: it reproduces the locked value
+    assert dir_md5(copy) == entry["md5"]  # DVC's folder hash reproduces the locked value
     victim = sorted(p for p in copy.rglob("*") if p.is_file())[0]
     victim.write_bytes(victim.read_bytes().replace(b"0", b"1", 1))
     assert dir_md5(copy) != entry["md5"]
